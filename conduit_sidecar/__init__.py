@@ -1,0 +1,1 @@
+"""Conduit: an online-learning LLM router served as a gRPC sidecar."""
