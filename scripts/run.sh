@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs what is missing, then starts the sidecar on its embedded default store
+# (SQLite in ./conduit.db), listening on 127.0.0.1:50051. Extra arguments go to `serve`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/conduit-sidecar serve "$@"
