@@ -1,0 +1,123 @@
+"""The domain objects that cross the router boundary: Query, Constraints, RoutingDecision.
+
+Plain dataclasses, transport-neutral: the servicer builds them from protobuf messages and the
+feedback stores serialise decisions with `RoutingDecision.to_dict` / `from_dict`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from conduit_sidecar.errors import InvalidArgument
+from conduit_sidecar.reward import RewardWeights, as_number
+
+PREFERENCES = ("balanced", "quality", "cost", "speed")
+
+
+@dataclass
+class Constraints:
+    """Limits the router honours while choosing (not after): models outside them are never
+    candidates. `max_cost_usd` is compared with an estimated cost per call (see
+    `models.estimate_cost_usd`), `max_latency_s` with each model's `expected_latency_s`."""
+
+    max_cost_usd: float | None = None
+    max_latency_s: float | None = None
+    allowed_models: list[str] | None = None
+    excluded_models: list[str] | None = None
+
+
+@dataclass
+class Query:
+    """One request to route. `features` replaces the hashed text features when given (its
+    length must be the router's feature dimension); `reward_weights` wins over `preference`."""
+
+    text: str
+    session_id: str | None = None
+    user_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    features: Sequence[float] | None = None
+    preference: str | None = None
+    reward_weights: RewardWeights | None = None
+    constraints: Constraints | None = None
+    query_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.query_id is None:
+            self.query_id = uuid.uuid4().hex
+
+
+@dataclass
+class RoutingDecision:
+    """What the router decided, from which context, with what probability, under which weights.
+
+    `confidence` in [0, 1] is how sure the policy is that `selected_model` is the best eligible
+    model for this context (from its posterior width and the score margin); `propensity` is
+    the probability the policy had of choosing it, for off-policy evaluation.
+    """
+
+    query_id: str
+    selected_model: str
+    confidence: float
+    features: list[float]
+    scores: dict[str, float]
+    propensity: float
+    reasoning: str
+    policy_version: int
+    reward_weights: RewardWeights
+    session_id: str | None = None
+    user_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict (metadata is passed through as given)."""
+        return {
+            "query_id": self.query_id,
+            "selected_model": self.selected_model,
+            "confidence": self.confidence,
+            "features": list(self.features),
+            "scores": dict(self.scores),
+            "propensity": self.propensity,
+            "reasoning": self.reasoning,
+            "policy_version": self.policy_version,
+            "reward_weights": {
+                "quality": self.reward_weights.quality,
+                "cost": self.reward_weights.cost,
+                "latency": self.reward_weights.latency,
+            },
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "metadata": dict(self.metadata),
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoutingDecision:
+        """Inverse of `to_dict`; a missing or malformed key raises InvalidArgument naming it."""
+        try:
+            weights = data["reward_weights"]
+            return cls(
+                query_id=str(data["query_id"]),
+                selected_model=str(data["selected_model"]),
+                confidence=as_number("confidence", data["confidence"]),
+                features=[as_number("features", v) for v in data["features"]],
+                scores={str(k): as_number("scores", v) for k, v in data["scores"].items()},
+                propensity=as_number("propensity", data["propensity"]),
+                reasoning=str(data["reasoning"]),
+                policy_version=int(data["policy_version"]),
+                reward_weights=RewardWeights(
+                    weights["quality"], weights["cost"], weights["latency"]
+                ),
+                session_id=data.get("session_id"),
+                user_id=data.get("user_id"),
+                metadata=dict(data.get("metadata") or {}),
+                created_at=as_number("created_at", data["created_at"]),
+            )
+        except KeyError as exc:
+            raise InvalidArgument("decision", f"missing key {exc.args[0]!r}") from None
+        except (TypeError, AttributeError) as exc:
+            raise InvalidArgument("decision", f"malformed decision record: {exc}") from None
