@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conduit_sidecar.errors import InvalidArgument
-from conduit_sidecar.reward import RewardWeights, as_number
+from conduit_sidecar.errors import InvalidArgument, NoEligibleModel
+from conduit_sidecar.models import EXPECTED_OUTPUT_TOKENS, ModelSpec, estimate_input_tokens
+from conduit_sidecar.reward import RewardWeights, as_number, check_non_negative
 
 PREFERENCES = ("balanced", "quality", "cost", "speed")
 
@@ -28,6 +29,63 @@ class Constraints:
     max_latency_s: float | None = None
     allowed_models: list[str] | None = None
     excluded_models: list[str] | None = None
+
+    def eligible(self, specs: Mapping[str, ModelSpec], text: str) -> tuple[list[str], str]:
+        """The models of `specs` these constraints allow (in catalogue order) and a short note
+        for the decision's reasoning. Unknown ids in allowed/excluded -> InvalidArgument;
+        nothing left -> NoEligibleModel saying which constraint removed which models."""
+        candidates = list(specs)
+        removed: list[str] = []
+        applied: list[str] = []
+        if self.allowed_models is not None:
+            wanted = _known_ids(self.allowed_models, "allowed_models", specs)
+            dropped = [m for m in candidates if m not in wanted]
+            candidates = [m for m in candidates if m in wanted]
+            applied.append("allowed_models")
+            if dropped:
+                removed.append(f"allowed_models removed {dropped}")
+        if self.excluded_models is not None:
+            unwanted = _known_ids(self.excluded_models, "excluded_models", specs)
+            dropped = [m for m in candidates if m in unwanted]
+            candidates = [m for m in candidates if m not in unwanted]
+            applied.append("excluded_models")
+            if dropped:
+                removed.append(f"excluded_models removed {dropped}")
+        if self.max_cost_usd is not None:
+            limit = check_non_negative("constraints.max_cost_usd", self.max_cost_usd)
+            tokens_in = estimate_input_tokens(text)
+            dropped = [
+                m
+                for m in candidates
+                if specs[m].cost_usd(tokens_in, EXPECTED_OUTPUT_TOKENS) > limit
+            ]
+            candidates = [m for m in candidates if m not in dropped]
+            applied.append(f"max_cost_usd={limit:g}")
+            if dropped:
+                removed.append(
+                    f"max_cost_usd={limit:g} removed {dropped} (estimated cost of {tokens_in} "
+                    f"input + {EXPECTED_OUTPUT_TOKENS} output tokens)"
+                )
+        if self.max_latency_s is not None:
+            limit = check_non_negative("constraints.max_latency_s", self.max_latency_s)
+            dropped = [m for m in candidates if specs[m].expected_latency_s > limit]
+            candidates = [m for m in candidates if m not in dropped]
+            applied.append(f"max_latency_s={limit:g}")
+            if dropped:
+                removed.append(f"max_latency_s={limit:g} removed {dropped} (expected latency)")
+        if not candidates:
+            detail = "; ".join(removed) if removed else "allowed_models is empty"
+            raise NoEligibleModel(f"no model satisfies the constraints: {detail}")
+        return candidates, (f"; constraints: {', '.join(applied)}" if applied else "")
+
+
+def _known_ids(ids: Sequence[str], field: str, specs: Mapping[str, ModelSpec]) -> set[str]:
+    if isinstance(ids, str) or not isinstance(ids, Sequence | set | frozenset):
+        raise InvalidArgument(f"constraints.{field}", f"must be a list of model ids, got {ids!r}")
+    unknown = [m for m in ids if m not in specs]
+    if unknown:
+        raise InvalidArgument(f"constraints.{field}", f"unknown model ids {unknown}")
+    return set(ids)
 
 
 @dataclass

@@ -1,0 +1,377 @@
+"""Router: query -> features -> policy.select (over the eligible models) -> RoutingDecision.
+
+The route path sits in front of every LLM call, so it stays lean: the hashing and the policy
+maths are microseconds of native code and run synchronously inside the coroutine; nothing is
+logged per call; constraints are resolved with a short loop over the (small) catalogue.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast, get_args
+
+import numpy as np
+from numpy.typing import NDArray
+
+from conduit_sidecar.bandit import BanditPolicy, CoreError, FeatureHasher, PolicyConfig, PolicyKind
+from conduit_sidecar.errors import InvalidArgument
+from conduit_sidecar.models import (
+    ModelSpec,
+    default_catalogue,
+    lookup,
+)
+from conduit_sidecar.query import Query, RoutingDecision
+from conduit_sidecar.reward import (
+    PRESETS,
+    RewardWeights,
+    check_non_negative,
+    check_unit,
+    compose_reward,
+    resolve_weights,
+)
+
+MAX_TEXT_CHARS = 100_000
+POLICY_KINDS: tuple[str, ...] = get_args(PolicyKind)
+_DEFAULT_DIM = 64
+_SQRT2 = math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Per-model totals. Reward sums come from the policy's own (confidence-weighted)
+    statistics, so `mean_reward = reward_sum / weight_sum` matches what the policy learned."""
+
+    selections: int
+    outcomes: int
+    weight_sum: float
+    mean_reward: float
+    cost_usd_sum: float
+    latency_s_sum: float
+    updates: int
+
+
+class _Tally:
+    __slots__ = ("cost_usd_sum", "latency_s_sum", "outcomes", "selections")
+
+    def __init__(self) -> None:
+        self.selections = 0
+        self.outcomes = 0
+        self.cost_usd_sum = 0.0
+        self.latency_s_sum = 0.0
+
+
+def _confidence(scores: dict[str, float], arm: str, uncertainty: float) -> tuple[float, float, str]:
+    """How sure the policy is that `arm` is the best candidate: (confidence, margin, runner-up).
+
+    z = (score of arm - best other score) / posterior width of arm; confidence interpolates
+    from 1/k (z = 0: a coin toss among k candidates) to 1 (z >> 0) and towards 0 when the
+    policy explored a lower-scored arm (z < 0). For two candidates this is Phi(z).
+    """
+    k = len(scores)
+    if k <= 1:
+        return 1.0, math.inf, ""
+    chosen = scores[arm]
+    runner_up, second = "", -math.inf
+    for name, score in scores.items():
+        if name != arm and score > second:
+            runner_up, second = name, score
+    margin = chosen - second
+    if not math.isfinite(margin):
+        # An unexplored arm scored +inf (UCB1): an exploration step, not certainty.
+        return 1.0 / k, margin, runner_up
+    if uncertainty > 0.0:
+        z = margin / uncertainty
+    else:
+        z = math.copysign(math.inf, margin) if margin else 0.0
+    base = 1.0 / k
+    confidence = base + (1.0 - base) * math.erf(z / _SQRT2)
+    return min(1.0, max(0.0, confidence)), margin, runner_up
+
+
+class Router:
+    """Learns online which model to send each query to.
+
+    `models`: catalogue ids (unknown ids get `ModelSpec.neutral`) or ModelSpec objects; None
+    means the bundled catalogue. `policy`: a policy kind or a full PolicyConfig (whose `dim`
+    is used when `feature_dim` is left at its default; `seed` applies to a kind name only).
+    `reward_weights`: the default weights for queries that bring neither weights nor a
+    preference.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[str | ModelSpec] | None = None,
+        *,
+        policy: str | PolicyConfig = "linucb",
+        feature_dim: int = _DEFAULT_DIM,
+        reward_weights: RewardWeights | str = "balanced",
+        seed: int = 0,
+    ) -> None:
+        specs = default_catalogue() if models is None else [self._spec(m) for m in models]
+        if not specs:
+            raise InvalidArgument("models", "at least one model is required")
+        self._specs: dict[str, ModelSpec] = {}
+        for spec in specs:
+            if spec.id in self._specs:
+                raise InvalidArgument("models", f"duplicate model id {spec.id!r}")
+            self._specs[spec.id] = spec
+        self.reward_weights = resolve_weights(reward_weights)
+        config = self._config(policy, feature_dim, seed, specs[0].id)
+        self.feature_dim = config.dim
+        try:
+            self.policy = BanditPolicy(config, list(self._specs))
+            self._hasher = FeatureHasher(config.dim)
+        except CoreError as exc:
+            raise InvalidArgument("policy", str(exc)) from None
+        self._kind = config.kind
+        self._tally = {model_id: _Tally() for model_id in self._specs}
+
+    @staticmethod
+    def _spec(model: str | ModelSpec) -> ModelSpec:
+        if isinstance(model, ModelSpec):
+            return model
+        if isinstance(model, str) and model.strip():
+            return lookup(model)
+        raise InvalidArgument("models", f"expected a model id or ModelSpec, got {model!r}")
+
+    @staticmethod
+    def _config(
+        policy: str | PolicyConfig, feature_dim: int, seed: int, first_model: str
+    ) -> PolicyConfig:
+        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
+            raise InvalidArgument("feature_dim", f"must be a positive integer, got {feature_dim!r}")
+        if isinstance(policy, PolicyConfig):
+            if feature_dim not in (_DEFAULT_DIM, policy.dim):
+                raise InvalidArgument(
+                    "feature_dim", f"{feature_dim} contradicts PolicyConfig.dim={policy.dim}"
+                )
+            return policy
+        if policy not in POLICY_KINDS:
+            raise InvalidArgument(
+                "policy", f"unknown kind {policy!r}; expected one of {POLICY_KINDS}"
+            )
+        fixed_arm = first_model if policy == "fixed" else None
+        return PolicyConfig(
+            kind=cast(PolicyKind, policy), dim=feature_dim, seed=seed, fixed_arm=fixed_arm
+        )
+
+    # ----------------------------------------------------------------- catalogue
+
+    @property
+    def models(self) -> list[ModelSpec]:
+        return list(self._specs.values())
+
+    def model(self, model_id: str) -> ModelSpec:
+        spec = self._specs.get(model_id)
+        if spec is None:
+            raise InvalidArgument("model_id", f"unknown model {model_id!r}")
+        return spec
+
+    def add_model(self, spec: ModelSpec | str) -> None:
+        resolved = self._spec(spec)
+        if resolved.id in self._specs:
+            raise InvalidArgument("model_id", f"model {resolved.id!r} is already routed")
+        try:
+            self.policy.add_arm(resolved.id)
+        except CoreError as exc:
+            raise InvalidArgument("model_id", str(exc)) from None
+        self._specs[resolved.id] = resolved
+        self._tally[resolved.id] = _Tally()
+
+    def remove_model(self, model_id: str) -> None:
+        self.model(model_id)
+        if len(self._specs) == 1:
+            raise InvalidArgument("model_id", f"cannot remove {model_id!r}, the last model")
+        try:
+            self.policy.remove_arm(model_id)
+        except CoreError as exc:
+            raise InvalidArgument("model_id", str(exc)) from None
+        del self._specs[model_id]
+        del self._tally[model_id]
+
+    # ----------------------------------------------------------------- routing
+
+    async def route(self, query: Query) -> RoutingDecision:
+        """Choose a model for `query` among those its constraints allow."""
+        return self.decide(query)
+
+    def decide(self, query: Query) -> RoutingDecision:
+        """Synchronous body of `route` (for simulations and non-async callers)."""
+        text = query.text
+        if not isinstance(text, str) or not text or text.isspace():
+            raise InvalidArgument("text", "must be a non-empty string")
+        if len(text) > MAX_TEXT_CHARS:
+            raise InvalidArgument("text", f"{len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        weights = self._weights(query)
+        if query.features is None:
+            x = self._hasher.featurize(text)
+        else:
+            x = self.check_features(query.features, "features")
+        note = ""
+        allowed: list[str] | None = None
+        if query.constraints is not None:
+            allowed, note = query.constraints.eligible(self._specs, text)
+        selection = self.policy.select(x, allowed)
+        arm = selection.arm
+        scores = selection.scores
+        confidence, margin, runner_up = _confidence(scores, arm, selection.uncertainty)
+        if runner_up:
+            why = f"margin {margin:.3g} over {runner_up}"
+        else:
+            why = "the only eligible model"
+        reasoning = (
+            f"{self._kind}: {arm} (score {scores[arm]:.3g}, {why}, "
+            f"uncertainty {selection.uncertainty:.3g}); "
+            f"{len(scores)} of {len(self._specs)} models eligible{note}"
+        )
+        self._tally[arm].selections += 1
+        query_id = query.query_id
+        return RoutingDecision(
+            query_id=query_id if query_id is not None else uuid.uuid4().hex,
+            selected_model=arm,
+            confidence=confidence,
+            features=x.tolist(),
+            scores=scores,
+            propensity=selection.propensity,
+            reasoning=reasoning,
+            policy_version=self.policy.version,
+            reward_weights=weights,
+            session_id=query.session_id,
+            user_id=query.user_id,
+            metadata=query.metadata,
+        )
+
+    def _weights(self, query: Query) -> RewardWeights:
+        weights = query.reward_weights
+        if weights is not None:
+            if not isinstance(weights, RewardWeights):
+                raise InvalidArgument("reward_weights", f"expected RewardWeights, got {weights!r}")
+            return weights
+        preference = query.preference
+        if not preference:  # None, or "" from a proto3 string left unset
+            return self.reward_weights
+        preset = PRESETS.get(preference)
+        if preset is None:
+            raise InvalidArgument(
+                "preference", f"unknown preset {preference!r}; expected one of {sorted(PRESETS)}"
+            )
+        return preset
+
+    def check_features(self, features: Sequence[float], field: str) -> NDArray[np.float64]:
+        """A caller's feature vector as float64, refusing a wrong length or non-finite value."""
+        if isinstance(features, str | bytes):
+            raise InvalidArgument(field, "must be a sequence of numbers")
+        try:
+            x = np.asarray(features, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InvalidArgument(field, "must be a sequence of numbers") from None
+        if x.ndim != 1 or x.shape[0] != self.feature_dim:
+            raise InvalidArgument(
+                field, f"expected {self.feature_dim} values, got shape {tuple(x.shape)}"
+            )
+        if not np.isfinite(x).all():
+            raise InvalidArgument(field, "values must be finite")
+        return x
+
+    # ----------------------------------------------------------------- learning
+
+    async def update(
+        self,
+        model_id: str,
+        cost: float | None,
+        quality_score: float,
+        latency: float | None,
+        features: Sequence[float],
+        confidence: float = 1.0,
+        reward_weights: RewardWeights | str | None = None,
+    ) -> float:
+        """Immediate feedback (spec pattern 2): compose the reward, apply it with weight
+        `confidence`, record cost and latency. Returns the reward applied. Everything is
+        validated before anything changes."""
+        self.model(model_id)
+        cost_usd = None if cost is None else check_non_negative("cost", cost)
+        latency_s = None if latency is None else check_non_negative("latency", latency)
+        quality = check_unit("quality_score", quality_score)
+        weight = check_unit("confidence", confidence)
+        x = self.check_features(features, "features")
+        weights = (
+            self.reward_weights
+            if reward_weights is None
+            else resolve_weights(reward_weights, "reward_weights")
+        )
+        reward = compose_reward(weights, quality, cost_usd, latency_s)
+        if weight > 0.0:
+            self.policy.update(model_id, x, reward, weight)
+        self._record(model_id, cost_usd, latency_s)
+        return reward
+
+    def apply_observation(
+        self,
+        model_id: str,
+        features: Sequence[float],
+        old: tuple[float, float] | None,
+        new: tuple[float, float],
+    ) -> None:
+        """Move a query's single observation from `old` (reward, weight) to `new` by the net
+        delta (DESIGN section 2); `old` None means the query had no observation yet. The
+        weight of an observation never decreases, so the policy only gains positive rank-1
+        terms."""
+        self.model(model_id)
+        x = self.check_features(features, "features")
+        new_reward, new_weight = _pair(new, "new")
+        if old is None:
+            if new_weight > 0.0:
+                self.policy.update(model_id, x, new_reward, new_weight)
+            return
+        old_reward, old_weight = _pair(old, "old")
+        if new_weight < old_weight:
+            raise InvalidArgument(
+                "new", f"weight {new_weight} is below the previous weight {old_weight}"
+            )
+        if (old_reward, old_weight) == (new_reward, new_weight):
+            return
+        self.policy.reapply(model_id, x, old_reward, old_weight, new_reward, new_weight)
+
+    def record_outcome(
+        self, model_id: str, cost_usd: float | None, latency_s: float | None
+    ) -> None:
+        """Count one call's outcome in `stats()` (it does not change the policy)."""
+        self.model(model_id)
+        cost = None if cost_usd is None else check_non_negative("cost_usd", cost_usd)
+        latency = None if latency_s is None else check_non_negative("latency_s", latency_s)
+        self._record(model_id, cost, latency)
+
+    def _record(self, model_id: str, cost_usd: float | None, latency_s: float | None) -> None:
+        tally = self._tally[model_id]
+        tally.outcomes += 1
+        if cost_usd is not None:
+            tally.cost_usd_sum += cost_usd
+        if latency_s is not None:
+            tally.latency_s_sum += latency_s
+
+    def stats(self) -> dict[str, ModelStats]:
+        arm_stats = self.policy.arm_stats()
+        result: dict[str, ModelStats] = {}
+        for model_id, tally in self._tally.items():
+            arm = arm_stats.get(model_id)
+            weight_sum = arm.weight_sum if arm is not None else 0.0
+            reward_sum = arm.reward_sum if arm is not None else 0.0
+            result[model_id] = ModelStats(
+                selections=tally.selections,
+                outcomes=tally.outcomes,
+                weight_sum=weight_sum,
+                mean_reward=reward_sum / weight_sum if weight_sum > 0.0 else 0.0,
+                cost_usd_sum=tally.cost_usd_sum,
+                latency_s_sum=tally.latency_s_sum,
+                updates=arm.updates if arm is not None else 0,
+            )
+        return result
+
+
+def _pair(value: tuple[float, float], field: str) -> tuple[float, float]:
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise InvalidArgument(field, f"expected (reward, weight), got {value!r}")
+    return check_unit(f"{field}.reward", value[0]), check_unit(f"{field}.weight", value[1])
