@@ -1,0 +1,128 @@
+"""Query, Constraints (the eligible set) and RoutingDecision serialisation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conduit_sidecar.errors import InvalidArgument, NoEligibleModel
+from conduit_sidecar.models import EXPECTED_OUTPUT_TOKENS, ModelSpec
+from conduit_sidecar.query import Constraints, Query, RoutingDecision
+from conduit_sidecar.reward import RewardWeights
+
+SPECS = {
+    spec.id: spec
+    for spec in (
+        ModelSpec("cheap", "p", 0.1, 0.4, 0.8, 0.5),
+        ModelSpec("mid", "p", 1.0, 4.0, 2.0, 0.7),
+        ModelSpec("strong", "p", 10.0, 40.0, 6.0, 0.9),
+    )
+}
+
+
+def test_query_defaults_and_generated_ids() -> None:
+    a, b = Query(text="hello"), Query(text="hello")
+    assert a.query_id is not None and len(a.query_id) == 32
+    assert a.query_id != b.query_id
+    assert a.metadata == {} and a.metadata is not b.metadata
+    assert Query(text="x", query_id="mine").query_id == "mine"
+
+
+def test_no_constraints_keep_everything() -> None:
+    assert Constraints().eligible(SPECS, "text") == (["cheap", "mid", "strong"], "")
+
+
+def test_allowed_and_excluded() -> None:
+    kept, note = Constraints(allowed_models=["strong", "cheap"]).eligible(SPECS, "t")
+    assert kept == ["cheap", "strong"]  # catalogue order
+    assert "allowed_models" in note
+    kept, note = Constraints(excluded_models=["mid"]).eligible(SPECS, "t")
+    assert kept == ["cheap", "strong"]
+    assert "excluded_models" in note
+
+
+def test_max_cost_uses_the_estimated_call_cost() -> None:
+    text = "x" * 4000  # 1000 input tokens by the chars/4 estimate
+    cost_mid = (1000 * 1.0 + EXPECTED_OUTPUT_TOKENS * 4.0) / 1e6
+    kept, note = Constraints(max_cost_usd=cost_mid).eligible(SPECS, text)
+    assert kept == ["cheap", "mid"]
+    assert "max_cost_usd" in note
+    kept, _ = Constraints(max_cost_usd=cost_mid * 0.99).eligible(SPECS, text)
+    assert kept == ["cheap"]
+
+
+def test_max_latency_uses_expected_latency() -> None:
+    kept, _ = Constraints(max_latency_s=2.0).eligible(SPECS, "t")
+    assert kept == ["cheap", "mid"]
+
+
+def test_nothing_eligible_says_which_constraint_removed_what() -> None:
+    with pytest.raises(NoEligibleModel) as info:
+        Constraints(excluded_models=["cheap"], max_latency_s=1.0).eligible(SPECS, "t")
+    message = str(info.value)
+    assert "excluded_models removed ['cheap']" in message
+    assert "max_latency_s=1 removed ['mid', 'strong']" in message
+    with pytest.raises(NoEligibleModel, match="max_cost_usd"):
+        Constraints(max_cost_usd=0.0).eligible(SPECS, "t")
+    with pytest.raises(NoEligibleModel, match="allowed_models"):
+        Constraints(allowed_models=[]).eligible(SPECS, "t")
+
+
+@pytest.mark.parametrize(
+    ("constraints", "field"),
+    [
+        (Constraints(allowed_models=["cheap", "nope"]), "constraints.allowed_models"),
+        (Constraints(excluded_models=["nope"]), "constraints.excluded_models"),
+        (Constraints(allowed_models="cheap"), "constraints.allowed_models"),  # type: ignore[arg-type]
+        (Constraints(max_cost_usd=-1.0), "constraints.max_cost_usd"),
+        (Constraints(max_cost_usd=math.nan), "constraints.max_cost_usd"),
+        (Constraints(max_latency_s=math.inf), "constraints.max_latency_s"),
+        (Constraints(max_latency_s="fast"), "constraints.max_latency_s"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_constraints_name_the_field(constraints: Constraints, field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        constraints.eligible(SPECS, "t")
+    assert info.value.field == field
+
+
+def _decision() -> RoutingDecision:
+    return RoutingDecision(
+        query_id="q1",
+        selected_model="mid",
+        confidence=0.75,
+        features=[0.5, -1.0, 0.0],
+        scores={"cheap": 0.1, "mid": 0.4},
+        propensity=0.9,
+        reasoning="linucb: mid",
+        policy_version=7,
+        reward_weights=RewardWeights(0.6, 0.2, 0.2),
+        session_id="s",
+        user_id=None,
+        metadata={"tenant": "a"},
+    )
+
+
+def test_decision_round_trips_through_json() -> None:
+    decision = _decision()
+    data = json.loads(json.dumps(decision.to_dict()))
+    assert RoutingDecision.from_dict(data) == decision
+
+
+def test_decision_from_bad_dict_names_the_problem() -> None:
+    data = _decision().to_dict()
+    del data["selected_model"]
+    with pytest.raises(InvalidArgument, match="selected_model"):
+        RoutingDecision.from_dict(data)
+    data = _decision().to_dict()
+    data["confidence"] = "high"
+    with pytest.raises(InvalidArgument) as info:
+        RoutingDecision.from_dict(data)
+    assert info.value.field == "confidence"
+    data = _decision().to_dict()
+    data["scores"] = [1, 2]
+    with pytest.raises(InvalidArgument) as info:
+        RoutingDecision.from_dict(data)
+    assert info.value.field == "decision"
