@@ -39,8 +39,8 @@ def _fix_imports(text: str) -> str:
 
 def generate() -> dict[str, str]:
     """Runs protoc and returns {file name: content} of the flattened, import-fixed output."""
-    import grpc_tools
-    from grpc_tools import protoc
+    import grpc_tools  # type: ignore[import-untyped]
+    from grpc_tools import protoc  # type: ignore[import-untyped]
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(PROTO_PACKAGE_DIR.glob("*.proto"))

@@ -1,0 +1,118 @@
+"""Builds the domain the sidecar serves from a SidecarConfig: Router, store, FeedbackCollector.
+
+Transport-neutral: nothing here knows about gRPC, so an embedding application can build the
+same objects from the same configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import ConfigError, SidecarConfig
+from .errors import Unavailable
+
+if TYPE_CHECKING:
+    from .feedback import FeedbackCollector, FeedbackStore
+    from .router import Router
+
+
+def sqlite_path(store_url: str) -> Path:
+    """`sqlite:///rel/path` is relative to the working directory, `sqlite:////abs` absolute
+    (SQLAlchemy's convention); the parent directory is created if missing."""
+    path = Path(store_url[len("sqlite:///") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_store(config: SidecarConfig) -> FeedbackStore:
+    """The feedback store named by `config.store_url` (not yet initialised)."""
+    scheme = config.store_scheme
+    if scheme == "memory":
+        from .feedback import InMemoryFeedbackStore
+
+        return InMemoryFeedbackStore(config.max_pending, ttl_seconds=config.ttl_s)
+    if scheme == "sqlite":
+        from .feedback import SqliteFeedbackStore
+
+        return SqliteFeedbackStore(str(sqlite_path(config.store_url)), ttl_seconds=config.ttl_s)
+    if scheme in ("redis", "rediss"):
+        from redis.asyncio import Redis
+
+        from .feedback import RedisFeedbackStore
+
+        return RedisFeedbackStore(Redis.from_url(config.store_url), ttl_seconds=config.ttl_s)
+    if scheme in ("postgresql", "postgres"):
+        from .feedback import PostgresFeedbackStore
+
+        return PostgresFeedbackStore(database_url=config.store_url, ttl_seconds=config.ttl_s)
+    raise ConfigError(f"store_url: unsupported scheme {scheme!r}")
+
+
+def build_router(config: SidecarConfig) -> Router:
+    from .models import load_catalogue
+    from .router import Router
+
+    models: Any = load_catalogue(config.catalogue) if config.catalogue else None
+    return Router(
+        models,
+        policy=config.policy,
+        feature_dim=config.feature_dim,
+        reward_weights=config.preference,
+        seed=config.seed,
+    )
+
+
+@dataclass
+class SidecarApp:
+    """The domain objects of one sidecar, built and torn down together."""
+
+    config: SidecarConfig
+    router: Router
+    store: FeedbackStore
+    collector: FeedbackCollector
+
+    @classmethod
+    async def create(cls, config: SidecarConfig) -> SidecarApp:
+        """Builds everything and initialises the store (creating tables if needed).
+
+        An unreachable store raises `Unavailable` naming the URL (without credentials), so
+        the sidecar fails at start rather than on the first call.
+        """
+        from .feedback import FeedbackCollector
+        from .feedback.adapters import builtin_adapters
+
+        router = build_router(config)
+        store = build_store(config)
+        try:
+            await store.initialize()
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            await store.close()
+            raise Unavailable(
+                f"store_url: cannot reach {_redacted(config.store_url)}: {exc}"
+            ) from exc
+        except Exception as exc:
+            await store.close()
+            if type(exc).__module__.split(".")[0] in ("redis", "asyncpg"):
+                raise Unavailable(
+                    f"store_url: cannot reach {_redacted(config.store_url)}: {exc}"
+                ) from exc
+            raise
+        collector = FeedbackCollector(router, store=store)
+        for adapter in builtin_adapters():
+            collector.register_adapter(adapter)
+        return cls(config=config, router=router, store=store, collector=collector)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def _redacted(url: str) -> str:
+    """The URL without a password (never log credentials)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else f"{scheme}://{user}@{host}"

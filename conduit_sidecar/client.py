@@ -1,0 +1,477 @@
+"""Python clients of the sidecar, mirroring the Python API over gRPC.
+
+    async with AsyncConduitClient("127.0.0.1:50051") as client:
+        decision = await client.route(Query(text="What is Python?"))
+        await client.track(decision, cost=0.001, latency=0.5)
+        await client.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+
+`ConduitClient` is the same API, synchronous. Errors come back as the domain exceptions of
+`conduit_sidecar.errors` (InvalidArgument, NotFound, ...), so code written against the embedded
+library works unchanged against the sidecar.
+
+Retries (with exponential backoff, within each call's timeout) are limited to what is safe:
+- Track, RecordFeedback, RecordSessionFeedback, ListModels, GetStats retry on UNAVAILABLE and
+  DEADLINE_EXCEEDED. Feedback is idempotent: an event without an explicit key is identified by
+  (query_id, signal_type) on the server, so a retry of a call that did land is a duplicate and
+  changes nothing (its result is the first one, flagged `duplicate`). Generating a random key
+  per call would break exactly that, so the client never invents one.
+- Route retries on UNAVAILABLE only (the request did not reach the service); its query_id is
+  fixed by the client before the first attempt.
+- Update is not idempotent (it applies an observation): it retries on UNAVAILABLE only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import struct_pb2
+
+from ._proto import conduit_pb2 as _pb
+from ._proto import conduit_pb2_grpc as _pb_grpc
+from .errors import (
+    ConduitError,
+    InvalidArgument,
+    NoEligibleModel,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+from .feedback.events import FeedbackEvent, FeedbackResult, SessionFeedback
+from .models import ModelSpec
+from .query import Query, RoutingDecision
+from .reward import RewardWeights
+
+_T = TypeVar("_T")
+SAFE_TO_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+NOT_DELIVERED = (grpc.StatusCode.UNAVAILABLE,)
+# The generated stub is untyped; one typed alias keeps mypy strict everywhere else.
+_Stub: Callable[[Any], Any] = _pb_grpc.ConduitServiceStub
+
+
+@dataclass(frozen=True)
+class RemoteModelStats:
+    """GetStats for one model (see ModelStats in the proto)."""
+
+    model_id: str
+    selections: int
+    mean_reward: float
+    weight_sum: float
+    cost_usd_sum: float
+    latency_s_sum: float
+    outcomes: int
+    mean_cost_usd: float
+    mean_latency_s: float
+
+
+@dataclass(frozen=True)
+class SidecarStats:
+    models: dict[str, RemoteModelStats]
+    pending_queries: int
+    feedback_counts: dict[str, int]
+    policy: str
+    policy_version: int
+
+
+def from_rpc_error(error: grpc.RpcError) -> Exception:
+    """The domain exception for a status (the reverse of status.to_status)."""
+    code, message = error.code(), error.details() or ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        field, sep, rest = message.partition(": ")
+        return InvalidArgument(field, rest) if sep else InvalidArgument("request", message)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(message)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return NoEligibleModel(message)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(message)
+    if code in SAFE_TO_RETRY:
+        return Unavailable(f"{code.name}: {message}")
+    return ConduitError(f"{code.name}: {message}")
+
+
+# Proto <-> domain, shared by both clients.
+
+
+def _struct(payload: dict[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(payload)
+    return message
+
+
+def _weights(w: RewardWeights) -> _pb.RewardWeights:
+    return _pb.RewardWeights(quality=w.quality, cost=w.cost, latency=w.latency)
+
+
+def route_request(query: Query, include_features: bool, ttl_s: float | None) -> _pb.RouteRequest:
+    request = _pb.RouteRequest(
+        text=query.text,
+        session_id=query.session_id or "",
+        user_id=query.user_id or "",
+        metadata={str(k): str(v) for k, v in query.metadata.items()},
+        features=list(query.features or ()),
+        preference=query.preference or "",
+        query_id=query.query_id or "",
+        include_features=include_features,
+    )
+    if query.reward_weights is not None:
+        request.reward_weights.CopyFrom(_weights(query.reward_weights))
+    c = query.constraints
+    if c is not None:
+        request.constraints.SetInParent()
+        if c.max_cost_usd is not None:
+            request.constraints.max_cost_usd = c.max_cost_usd
+        if c.max_latency_s is not None:
+            request.constraints.max_latency_s = c.max_latency_s
+        request.constraints.allowed_models.extend(c.allowed_models or ())
+        request.constraints.excluded_models.extend(c.excluded_models or ())
+    if ttl_s is not None:
+        request.ttl_s = ttl_s
+    return request
+
+
+def decision_from(response: _pb.RouteResponse, query: Query) -> RoutingDecision:
+    w = response.reward_weights
+    return RoutingDecision(
+        query_id=response.query_id,
+        selected_model=response.selected_model,
+        confidence=response.confidence,
+        features=list(response.features),
+        scores=dict(response.scores),
+        propensity=response.propensity,
+        reasoning=response.reasoning,
+        policy_version=response.policy_version,
+        reward_weights=RewardWeights(w.quality, w.cost, w.latency),
+        session_id=query.session_id,
+        user_id=query.user_id,
+        metadata=dict(query.metadata),
+    )
+
+
+def track_request(
+    decision: RoutingDecision | str,
+    cost: float | None,
+    latency: float | None,
+    error: bool,
+    retries: int,
+    ttl_seconds: float | None,
+) -> _pb.TrackRequest:
+    query_id = decision if isinstance(decision, str) else decision.query_id
+    request = _pb.TrackRequest(query_id=query_id, error=error, retries=retries)
+    if cost is not None:
+        request.cost_usd = cost
+    if latency is not None:
+        request.latency_s = latency
+    if ttl_seconds is not None:
+        request.ttl_s = ttl_seconds
+    return request
+
+
+def feedback_request(event: FeedbackEvent) -> _pb.RecordFeedbackRequest:
+    return _pb.RecordFeedbackRequest(
+        query_id=event.query_id,
+        signal_type=event.signal_type,
+        payload=_struct(event.payload),
+        idempotency_key=event.idempotency_key or "",
+    )
+
+
+def session_request(sf: SessionFeedback) -> _pb.RecordSessionFeedbackRequest:
+    return _pb.RecordSessionFeedbackRequest(
+        session_id=sf.session_id,
+        signal_type=sf.signal_type,
+        payload=_struct(sf.payload),
+        propagation_weight=sf.propagation_weight,
+        idempotency_key=sf.idempotency_key or "",
+    )
+
+
+def result_from(r: _pb.RecordFeedbackResponse) -> FeedbackResult:
+    return FeedbackResult(r.query_id, r.signal_type, r.reward, r.confidence, r.duplicate)
+
+
+def update_request(
+    model_id: str,
+    cost: float,
+    quality_score: float,
+    latency: float,
+    features: Sequence[float],
+    confidence: float,
+    reward_weights: RewardWeights | None,
+) -> _pb.UpdateRequest:
+    request = _pb.UpdateRequest(
+        model_id=model_id,
+        cost_usd=cost,
+        quality_score=quality_score,
+        latency_s=latency,
+        features=list(features),
+        confidence=confidence,
+    )
+    if reward_weights is not None:
+        request.reward_weights.CopyFrom(_weights(reward_weights))
+    return request
+
+
+def models_from(response: _pb.ListModelsResponse) -> list[ModelSpec]:
+    return [
+        ModelSpec(
+            m.id,
+            m.provider,
+            m.input_usd_per_mtok,
+            m.output_usd_per_mtok,
+            m.expected_latency_s,
+            m.quality_prior,
+        )
+        for m in response.models
+    ]
+
+
+def stats_from(r: _pb.GetStatsResponse) -> SidecarStats:
+    models = {
+        m.model_id: RemoteModelStats(
+            m.model_id,
+            m.selections,
+            m.mean_reward,
+            m.weight_sum,
+            m.cost_usd_sum,
+            m.latency_s_sum,
+            m.outcomes,
+            m.mean_cost_usd,
+            m.mean_latency_s,
+        )
+        for m in r.models
+    }
+    return SidecarStats(
+        models, r.pending_queries, dict(r.feedback_counts), r.policy, r.policy_version
+    )
+
+
+class _Base:
+    def __init__(
+        self,
+        target: str,
+        token: str | None,
+        timeout_s: float,
+        max_attempts: int,
+        backoff_s: float,
+        root_certificates: bytes | None,
+        tls: bool,
+    ) -> None:
+        if timeout_s <= 0 or max_attempts < 1 or backoff_s < 0:
+            raise ValueError("timeout_s > 0, max_attempts >= 1 and backoff_s >= 0 are required")
+        self.target = target
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._credentials = (
+            grpc.ssl_channel_credentials(root_certificates)
+            if tls or root_certificates is not None
+            else None
+        )
+
+    def _delay(self, attempt: int) -> float:
+        # Full jitter, so many clients retrying a restarting sidecar do not synchronise.
+        return random.uniform(0, self.backoff_s * (2**attempt))
+
+    def _retryable(self, error: grpc.RpcError, retry_on: tuple[Any, ...], attempt: int) -> bool:
+        return error.code() in retry_on and attempt + 1 < self.max_attempts
+
+
+class AsyncConduitClient(_Base):
+    """asyncio client; use as `async with AsyncConduitClient(...) as client:`."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        timeout_s: float = 5.0,
+        max_attempts: int = 4,
+        backoff_s: float = 0.05,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
+    ) -> None:
+        super().__init__(target, token, timeout_s, max_attempts, backoff_s, root_certificates, tls)
+        if self._credentials is not None:
+            self._channel = grpc.aio.secure_channel(target, self._credentials)
+        else:
+            self._channel = grpc.aio.insecure_channel(target)
+        self._stub = _Stub(self._channel)
+
+    async def __aenter__(self) -> AsyncConduitClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: Any, request: Any, retry_on: tuple[Any, ...]) -> Any:
+        deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            try:
+                return await method(request, timeout=remaining, metadata=self._metadata)
+            except grpc.RpcError as error:
+                if not self._retryable(error, retry_on, attempt) or time.monotonic() >= deadline:
+                    raise from_rpc_error(error) from None
+                await asyncio.sleep(min(self._delay(attempt), max(deadline - time.monotonic(), 0)))
+                attempt += 1
+
+    async def route(
+        self, query: Query, *, include_features: bool = False, ttl_s: float | None = None
+    ) -> RoutingDecision:
+        request = route_request(query, include_features, ttl_s)
+        return decision_from(await self._call(self._stub.Route, request, NOT_DELIVERED), query)
+
+    async def track(
+        self,
+        decision: RoutingDecision | str,
+        cost: float | None = None,
+        latency: float | None = None,
+        *,
+        error: bool = False,
+        retries: int = 0,
+        ttl_seconds: float | None = None,
+    ) -> None:
+        request = track_request(decision, cost, latency, error, retries, ttl_seconds)
+        await self._call(self._stub.Track, request, SAFE_TO_RETRY)
+
+    async def record(self, event: FeedbackEvent) -> FeedbackResult:
+        response = await self._call(
+            self._stub.RecordFeedback, feedback_request(event), SAFE_TO_RETRY
+        )
+        return result_from(response)
+
+    async def record_session_feedback(self, sf: SessionFeedback) -> list[FeedbackResult]:
+        response = await self._call(
+            self._stub.RecordSessionFeedback, session_request(sf), SAFE_TO_RETRY
+        )
+        return [result_from(r) for r in response.results]
+
+    async def update(
+        self,
+        model_id: str,
+        cost: float,
+        quality_score: float,
+        latency: float,
+        features: Sequence[float],
+        confidence: float = 1.0,
+        reward_weights: RewardWeights | None = None,
+    ) -> float:
+        request = update_request(
+            model_id, cost, quality_score, latency, features, confidence, reward_weights
+        )
+        response = await self._call(self._stub.Update, request, NOT_DELIVERED)
+        return float(response.reward)
+
+    async def list_models(self) -> list[ModelSpec]:
+        request = _pb.ListModelsRequest()
+        return models_from(await self._call(self._stub.ListModels, request, SAFE_TO_RETRY))
+
+    async def get_stats(self) -> SidecarStats:
+        request = _pb.GetStatsRequest()
+        return stats_from(await self._call(self._stub.GetStats, request, SAFE_TO_RETRY))
+
+
+class ConduitClient(_Base):
+    """Blocking client with the same methods as AsyncConduitClient; a context manager."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        timeout_s: float = 5.0,
+        max_attempts: int = 4,
+        backoff_s: float = 0.05,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
+    ) -> None:
+        super().__init__(target, token, timeout_s, max_attempts, backoff_s, root_certificates, tls)
+        if self._credentials is not None:
+            self._channel = grpc.secure_channel(target, self._credentials)
+        else:
+            self._channel = grpc.insecure_channel(target)
+        self._stub = _Stub(self._channel)
+
+    def __enter__(self) -> ConduitClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., _T], request: Any, retry_on: tuple[Any, ...]) -> _T:
+        deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            try:
+                return method(request, timeout=remaining, metadata=self._metadata)
+            except grpc.RpcError as error:
+                if not self._retryable(error, retry_on, attempt) or time.monotonic() >= deadline:
+                    raise from_rpc_error(error) from None
+                time.sleep(min(self._delay(attempt), max(deadline - time.monotonic(), 0)))
+                attempt += 1
+
+    def route(
+        self, query: Query, *, include_features: bool = False, ttl_s: float | None = None
+    ) -> RoutingDecision:
+        request = route_request(query, include_features, ttl_s)
+        return decision_from(self._call(self._stub.Route, request, NOT_DELIVERED), query)
+
+    def track(
+        self,
+        decision: RoutingDecision | str,
+        cost: float | None = None,
+        latency: float | None = None,
+        *,
+        error: bool = False,
+        retries: int = 0,
+        ttl_seconds: float | None = None,
+    ) -> None:
+        request = track_request(decision, cost, latency, error, retries, ttl_seconds)
+        self._call(self._stub.Track, request, SAFE_TO_RETRY)
+
+    def record(self, event: FeedbackEvent) -> FeedbackResult:
+        return result_from(
+            self._call(self._stub.RecordFeedback, feedback_request(event), SAFE_TO_RETRY)
+        )
+
+    def record_session_feedback(self, sf: SessionFeedback) -> list[FeedbackResult]:
+        response = self._call(self._stub.RecordSessionFeedback, session_request(sf), SAFE_TO_RETRY)
+        return [result_from(r) for r in response.results]
+
+    def update(
+        self,
+        model_id: str,
+        cost: float,
+        quality_score: float,
+        latency: float,
+        features: Sequence[float],
+        confidence: float = 1.0,
+        reward_weights: RewardWeights | None = None,
+    ) -> float:
+        request = update_request(
+            model_id, cost, quality_score, latency, features, confidence, reward_weights
+        )
+        return float(self._call(self._stub.Update, request, NOT_DELIVERED).reward)
+
+    def list_models(self) -> list[ModelSpec]:
+        return models_from(
+            self._call(self._stub.ListModels, _pb.ListModelsRequest(), SAFE_TO_RETRY)
+        )
+
+    def get_stats(self) -> SidecarStats:
+        return stats_from(self._call(self._stub.GetStats, _pb.GetStatsRequest(), SAFE_TO_RETRY))

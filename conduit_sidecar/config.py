@@ -1,0 +1,209 @@
+"""Sidecar configuration: defaults < YAML file < CONDUIT_* environment < command-line flags.
+
+Every setting has one name used everywhere: the YAML key `feature_dim`, the environment
+variable `CONDUIT_FEATURE_DIM` and the flag `--feature-dim`. Values are validated once, here,
+and a bad one raises `ConfigError` naming the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STORE_SCHEMES = ("memory", "sqlite", "redis", "rediss", "postgresql", "postgres")
+POLICIES = ("linucb", "lin_ts", "beta_ts", "ucb1", "epsilon_greedy", "random", "fixed")
+PREFERENCES = ("balanced", "quality", "cost", "speed")
+
+
+class ConfigError(ValueError):
+    """An unusable setting; the message names it and its source."""
+
+
+def default_store_url() -> str:
+    """SQLite under $XDG_STATE_HOME (the embedded, durable default; no server needed)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return f"sqlite:///{Path(state) / 'conduit' / 'conduit.db'}"
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """Everything `conduit-sidecar serve` needs; see docs/SIDECAR.md for each setting."""
+
+    listen: str = "127.0.0.1:50051"
+    catalogue: str | None = None  # JSON/YAML model catalogue; None = the bundled default
+    policy: str = "linucb"
+    feature_dim: int = 64
+    preference: str = "balanced"  # default reward preset for decisions that give none
+    seed: int = 0
+    store_url: str = field(default_factory=default_store_url)
+    ttl_s: float = 3600.0  # how long a routed query stays pending for feedback
+    max_pending: int = 100_000  # bound of the in-memory store (memory:// only)
+    token: str | None = None  # bearer token; None = no authentication
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_text_chars: int = 100_000
+    grace_s: float = 10.0  # SIGTERM: how long in-flight calls may take to finish
+    metrics_port: int | None = None  # Prometheus HTTP port; None = no metrics endpoint
+    metrics_host: str = "127.0.0.1"
+    json_logs: bool = False
+    log_level: str = "INFO"
+
+    def validate(self) -> SidecarConfig:
+        """Returns self, or raises ConfigError naming the first bad setting."""
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"listen: expected host:port, got {self.listen!r}")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy: expected one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.preference not in PREFERENCES:
+            raise ConfigError(
+                f"preference: expected one of {', '.join(PREFERENCES)}, got {self.preference!r}"
+            )
+        scheme = self.store_url.split("://", 1)[0] if "://" in self.store_url else ""
+        if scheme not in STORE_SCHEMES:
+            raise ConfigError(
+                "store_url: expected memory://, sqlite:///path, redis://... or "
+                f"postgresql://..., got {self.store_url!r}"
+            )
+        if scheme == "sqlite" and not self.store_url[len("sqlite://") :]:
+            raise ConfigError("store_url: sqlite:/// needs a path, e.g. sqlite:///./conduit.db")
+        positive_ints = ("feature_dim", "max_pending", "max_message_bytes", "max_text_chars")
+        for name in positive_ints:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("ttl_s", "grace_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name}: must be finite and > 0, got {value}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port: must be a TCP port, got {self.metrics_port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert/tls_key: set both or neither")
+        for name in ("catalogue", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{name}: no such file {path!r}")
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("token: must not be blank")
+        return self
+
+    @property
+    def store_scheme(self) -> str:
+        return self.store_url.split("://", 1)[0]
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SidecarConfig)}
+
+
+def env_name(name: str) -> str:
+    return "CONDUIT_" + name.upper()
+
+
+def _kind(name: str) -> type:
+    """The scalar type of a setting (int/float/bool/str), ignoring `| None`."""
+    annotation = str(_FIELDS[name].type)
+    for kind in (bool, int, float):
+        if annotation.startswith(kind.__name__):
+            return kind
+    return str
+
+
+def _optional(name: str) -> bool:
+    return str(_FIELDS[name].type).endswith("| None")
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    """Converts a YAML/env/flag value to the setting's type; errors name the setting."""
+    if raw is None or (isinstance(raw, str) and raw.strip() == "" and _optional(name)):
+        if _optional(name):
+            return None
+        raise ConfigError(f"{name} ({source}): must be set")
+    kind = _kind(name)
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} ({source}): expected {kind.__name__}, got {raw!r}") from None
+    return str(raw)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path!r} must hold a mapping of settings")
+    unknown = sorted(set(data) - _FIELDS.keys())
+    if unknown:
+        raise ConfigError(f"config: unknown setting(s) {', '.join(unknown)} in {path!r}")
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds `--config` and one flag per setting (all default to None = not given)."""
+    parser.add_argument("--config", help="YAML file of settings (env: CONDUIT_CONFIG)")
+    for name in _FIELDS:
+        flag = "--" + name.replace("_", "-")
+        if _kind(name) is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, default=None, help=f"env: {env_name(name)}")
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: str | None = None,
+) -> SidecarConfig:
+    """Merges the sources in precedence order and validates the result."""
+    env = os.environ if env is None else env
+    flags = flags or {}
+    path = config_path or flags.get("config") or env.get("CONDUIT_CONFIG")
+    values: dict[str, Any] = {}
+    if path:
+        for name, raw in load_yaml(str(path)).items():
+            values[name] = _coerce(name, raw, f"config file {path}")
+    for name in _FIELDS:
+        if env_name(name) in env:
+            values[name] = _coerce(name, env[env_name(name)], env_name(name))
+    for name in _FIELDS:
+        if flags.get(name) is not None:
+            values[name] = _coerce(name, flags[name], "--" + name.replace("_", "-"))
+    return SidecarConfig(**values).validate()
+
+
+def config_from_args(argv: Sequence[str]) -> SidecarConfig:
+    """Parses serve-style flags (used by tests and `python -m conduit_sidecar`)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return load_config(vars(parser.parse_args(list(argv))))

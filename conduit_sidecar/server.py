@@ -1,0 +1,214 @@
+"""Server lifecycle: grpc.aio server, health, reflection, metrics, graceful SIGTERM.
+
+Shutdown order (SIGTERM or SIGINT), each step bounded:
+1. every health status flips to NOT_SERVING (`enter_graceful_shutdown`), so probes and load
+   balancers stop sending new work while the server still answers;
+2. after `shutdown_delay_s`, `server.stop(grace_s)` refuses new calls and lets in-flight ones
+   finish within the grace period (then cancels what is left);
+3. the `on_shutdown` hooks run (persistence; policy snapshots hang here), then the store is
+   closed; the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health as _health
+from grpc_health.v1 import health_pb2 as _health_pb2
+from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
+from grpc_reflection.v1alpha import reflection as _reflection
+
+from ._proto import conduit_pb2 as _pb
+from ._proto import conduit_pb2_grpc as _pb_grpc
+from .app import SidecarApp
+from .auth import BearerTokenInterceptor
+from .config import SidecarConfig
+from .metrics import SidecarMetrics
+from .servicer import ConduitServicer
+
+log = logging.getLogger("conduit_sidecar.server")
+
+SERVICE_NAME: str = _pb.DESCRIPTOR.services_by_name["ConduitService"].full_name
+_add_servicer: Callable[[Any, Any], None] = _pb_grpc.add_ConduitServiceServicer_to_server
+ShutdownHook = Callable[[], Awaitable[None] | None]
+_PENDING_REFRESH_S = 5.0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg (+ exc when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(json_logs: bool, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json_logs else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class SidecarServer:
+    """One sidecar: the gRPC server over a SidecarApp, with health, reflection and metrics."""
+
+    def __init__(self, config: SidecarConfig, app: SidecarApp, shutdown_delay_s: float = 0.2):
+        self.config = config
+        self.app = app
+        self.shutdown_delay_s = shutdown_delay_s
+        self.on_shutdown: list[ShutdownHook] = []
+        self.metrics = SidecarMetrics()
+        self.health = _health.aio.HealthServicer()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._server: Any = None
+        self._stopping = asyncio.Event()
+        self._refresh_task: asyncio.Task[None] | None = None
+
+    def _build(self) -> Any:
+        size = self.config.max_message_bytes
+        interceptors = []
+        if self.config.token is not None:
+            interceptors.append(BearerTokenInterceptor(self.config.token, self.metrics.observe_rpc))
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+                # A second sidecar on the same port must fail loudly, not share it.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        servicer = ConduitServicer(
+            self.app.router,
+            self.app.collector,
+            max_text_chars=self.config.max_text_chars,
+            observe_rpc=self.metrics.observe_rpc,
+            on_selected=self.metrics.selected,
+            on_feedback=self.metrics.feedback_recorded,
+            on_reward=self.metrics.rewarded,
+        )
+        _add_servicer(servicer, server)
+        _health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        _reflection.enable_server_reflection(
+            (SERVICE_NAME, _health.SERVICE_NAME, _reflection.SERVICE_NAME), server
+        )
+        return server
+
+    def _bind(self, server: Any) -> int:
+        listen = self.config.listen
+        if self.config.tls_cert and self.config.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())]
+            )
+            port = server.add_secure_port(listen, credentials)
+        else:
+            port = server.add_insecure_port(listen)
+        if not port:
+            raise OSError(f"listen: cannot bind {listen}")
+        return int(port)
+
+    async def start(self) -> int:
+        """Binds, starts serving and marks every service SERVING; returns the bound port."""
+        self._server = self._build()
+        self.port = self._bind(self._server)
+        await self._server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, _health_pb2.HealthCheckResponse.SERVING)
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.start(
+                self.config.metrics_host, self.config.metrics_port
+            )
+        self._refresh_task = asyncio.create_task(self._refresh_gauges())
+        host = self.config.listen.rpartition(":")[0]
+        log.info(
+            "serving %s on %s:%d (store %s, policy %s, auth %s, tls %s, metrics %s)",
+            SERVICE_NAME,
+            host,
+            self.port,
+            self.config.store_scheme,
+            self.config.policy,
+            "on" if self.config.token else "off",
+            "on" if self.config.tls_cert else "off",
+            self.metrics_port if self.metrics_port is not None else "off",
+        )
+        return self.port
+
+    async def _refresh_gauges(self) -> None:
+        """Pending-query gauge; a failing store only skips a refresh."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                self.metrics.set_pending(await self.app.collector.get_pending_count())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), _PENDING_REFRESH_S)
+
+    def request_stop(self) -> None:
+        """Signal-handler safe: asks `serve_until_stopped` to shut down."""
+        self._stopping.set()
+
+    async def shutdown(self) -> None:
+        """Health NOT_SERVING, drain within the grace period, run hooks, close the store."""
+        self._stopping.set()
+        started = time.monotonic()
+        log.info("shutting down: health NOT_SERVING, draining for up to %.1fs", self.config.grace_s)
+        await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(self.shutdown_delay_s)
+        if self._server is not None:
+            await self._server.stop(self.config.grace_s)
+        if self._refresh_task is not None:
+            await self._refresh_task
+        for hook in self.on_shutdown:
+            try:
+                result = hook()
+                if result is not None:
+                    await result
+            except Exception:
+                # One failing hook must not keep the others from persisting their state.
+                log.exception("shutdown hook %r failed", hook)
+        await self.app.close()
+        self.metrics.stop()
+        log.info("stopped after %.2fs", time.monotonic() - started)
+
+    async def serve_until_stopped(self) -> None:
+        """Runs until SIGTERM/SIGINT (or request_stop), then shuts down gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        await self.shutdown()
+
+
+async def serve(config: SidecarConfig) -> None:
+    """Builds the app from `config`, serves until SIGTERM, then shuts down cleanly."""
+    app = await SidecarApp.create(config)
+    server = SidecarServer(config, app)
+    try:
+        await server.start()
+    except BaseException:
+        await app.close()
+        raise
+    await server.serve_until_stopped()

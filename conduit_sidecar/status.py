@@ -1,0 +1,103 @@
+"""The one mapping from domain errors to gRPC status codes.
+
+Every servicer method is wrapped by `grpc_method`, which turns an exception into a status with
+the exception's message (the domain layer writes messages that name the field). The rule is
+that nothing a client can send produces UNKNOWN or INTERNAL: INTERNAL is reserved for bugs,
+which are logged with their traceback.
+
+NoEligibleModel maps to FAILED_PRECONDITION, not INVALID_ARGUMENT: the request is well formed
+and each constraint is valid on its own; it is the current catalogue that leaves no candidate,
+and the same request succeeds once a fitting model is added. gRPC's guidance reserves
+INVALID_ARGUMENT for arguments that are bad "regardless of the state of the system".
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import redis.exceptions
+
+from .errors import InvalidArgument, NoEligibleModel, NotFound, Unauthenticated, Unavailable
+
+log = logging.getLogger("conduit_sidecar.status")
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+# Connection failures of the store drivers that a store may let escape; all mean "retry later".
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+try:  # asyncpg is a dependency, but keep the mapping importable without it.
+    import asyncpg
+
+    _UNREACHABLE += (asyncpg.exceptions.PostgresConnectionError, asyncpg.InterfaceError)
+except ImportError:  # pragma: no cover - asyncpg is in the project's dependencies
+    pass
+
+
+def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message for an exception raised while serving a call."""
+    if isinstance(exc, InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, NoEligibleModel):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, str(exc)
+    if isinstance(exc, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, _UNREACHABLE):
+        return grpc.StatusCode.UNAVAILABLE, f"store unreachable: {exc}"
+    if isinstance(exc, ValueError):
+        # The domain and the Rust core refuse bad input with ValueError (CoreError included)
+        # and name the field in the message.
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see sidecar logs"
+
+
+class RpcObserver(Protocol):
+    """Receives one call per finished RPC (metrics)."""
+
+    def __call__(self, method: str, code: grpc.StatusCode, seconds: float) -> None: ...
+
+
+_Handler = Callable[[Any, _Req, Any], Awaitable[_Resp]]
+
+
+def grpc_method(fn: _Handler[_Req, _Resp]) -> _Handler[_Req, _Resp]:
+    """Wraps an async servicer method: maps exceptions to statuses and reports each call to
+    `self.observe_rpc` (an RpcObserver, or None)."""
+    method = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: _Req, context: Any) -> _Resp:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:
+            code, message = to_status(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method)
+            await context.abort(code, message)
+            raise  # unreachable: abort raises; keeps the type checker honest
+        finally:
+            observe: RpcObserver | None = getattr(self, "observe_rpc", None)
+            if observe is not None:
+                observe(method, code, time.perf_counter() - started)
+
+    wrapper.__dict__["grpc_mapped"] = True
+    return wrapper
