@@ -12,10 +12,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from conduit_sidecar.bandit import PolicyKind
 
 __all__ = [
     "VW_ARGS",
@@ -50,7 +53,7 @@ class ConduitArms:
 
     def __init__(
         self,
-        kind: str,
+        kind: PolicyKind,
         dim: int,
         n_arms: int,
         alpha: float = 1.0,
@@ -62,7 +65,7 @@ class ConduitArms:
 
         self.names = arm_names(n_arms)
         self.index = {name: k for k, name in enumerate(self.names)}
-        cfg = PolicyConfig(kind=kind, dim=dim, alpha=alpha, ridge=ridge, seed=seed, **config)  # type: ignore[arg-type]
+        cfg = PolicyConfig(kind=kind, dim=dim, alpha=alpha, ridge=ridge, seed=seed, **config)
         self.policy = BanditPolicy(cfg, self.names)
 
     def select(self, x: NDArray[np.float64]) -> int:
