@@ -1,0 +1,322 @@
+"""FeedbackCollector: feedback events in, net policy updates out.
+
+Order of work in `record` (and `track`, `record_session_feedback`): validate the input and
+run the adapter first, so a refused event changes nothing; then one atomic store operation
+(duplicate check + accumulate + mark + log) that returns the query's accumulators before and
+after; then the policy receives the net delta between the two observations. Consecutive
+(before, after) pairs telescope, so concurrent calls leave the policy exactly where one
+sequential process would (ARCHITECTURE "Observation bookkeeping").
+
+Idempotency: without an explicit `idempotency_key`, an event is identified by its
+`(query_id, signal_type)` - one reaction per signal type per query - so a second thumbs for
+a query is a duplicate of the first even if its value differs. A duplicate returns the first
+result with `duplicate=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from conduit_sidecar.errors import InvalidArgument, NotFound
+from conduit_sidecar.feedback.adapters import FeedbackAdapter, ThumbsAdapter
+from conduit_sidecar.feedback.events import (
+    FeedbackEvent,
+    FeedbackResult,
+    RewardMapping,
+    SessionFeedback,
+)
+from conduit_sidecar.feedback.observation import (
+    Contribution,
+    observation,
+    track_contribution,
+)
+from conduit_sidecar.feedback.stores.base import Applied, FeedbackStore, Mark, check_ttl
+from conduit_sidecar.feedback.stores.memory import InMemoryFeedbackStore
+from conduit_sidecar.query import RoutingDecision
+from conduit_sidecar.reward import check_non_negative
+
+logger = logging.getLogger(__name__)
+
+TRACK_KEY = "track"
+
+
+class ObservationSink(Protocol):
+    """What the collector needs from a Router (ARCHITECTURE, Layer 2)."""
+
+    def apply_observation(
+        self,
+        model_id: str,
+        features: Sequence[float],
+        old: tuple[float, float] | None,
+        new: tuple[float, float],
+    ) -> None: ...
+
+    def record_outcome(
+        self, model_id: str, cost_usd: float | None, latency_s: float | None
+    ) -> None: ...
+
+
+def _check_ttl_arg(ttl_seconds: object) -> float:
+    try:
+        return check_ttl(ttl_seconds)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument("ttl_seconds", str(exc)) from None
+
+
+class FeedbackCollector:
+    """Turns feedback signals into policy updates through a store.
+
+    `store` defaults to an `InMemoryFeedbackStore`; pass a SQLite, Redis or PostgreSQL store
+    to survive restarts. `ttl_seconds` (default: the store's, 1 hour) is how long a tracked
+    query waits for feedback; `track` and `log_decision` can override it per call. Only
+    `ThumbsAdapter` is registered by default, as the spec says; register the others with
+    `register_adapter`.
+    """
+
+    def __init__(
+        self,
+        router: ObservationSink,
+        store: FeedbackStore | None = None,
+        *,
+        ttl_seconds: float | None = None,
+        adapters: Iterable[FeedbackAdapter] = (),
+    ) -> None:
+        self.router = router
+        self.store: FeedbackStore = store if store is not None else InMemoryFeedbackStore()
+        self.ttl_seconds = (
+            self.store.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
+        )
+        self._adapters: dict[str, FeedbackAdapter] = {}
+        self.register_adapter(ThumbsAdapter())
+        for adapter in adapters:
+            self.register_adapter(adapter)
+
+    # Adapters.
+
+    @property
+    def adapters(self) -> dict[str, FeedbackAdapter]:
+        """Registered adapters by signal type (a copy: use `register_adapter` to change)."""
+        return dict(self._adapters)
+
+    def register_adapter(self, adapter: FeedbackAdapter) -> None:
+        """Register (or replace) the adapter for `adapter.signal_type`."""
+        if not isinstance(adapter, FeedbackAdapter):
+            raise InvalidArgument("adapter", f"must be a FeedbackAdapter, got {adapter!r}")
+        signal_type = adapter.signal_type
+        if not isinstance(signal_type, str) or not signal_type.strip():
+            raise InvalidArgument("adapter.signal_type", f"must be a non-empty string: {adapter!r}")
+        if signal_type == TRACK_KEY:
+            raise InvalidArgument("adapter.signal_type", f"{TRACK_KEY!r} is reserved for Track")
+        self._adapters[signal_type] = adapter
+
+    def _adapter(self, signal_type: str) -> FeedbackAdapter:
+        adapter = self._adapters.get(signal_type)
+        if adapter is None:
+            raise InvalidArgument(
+                "signal_type",
+                f"no adapter registered for {signal_type!r}; registered: {sorted(self._adapters)}",
+            )
+        return adapter
+
+    @staticmethod
+    def _read(adapter: FeedbackAdapter, event: FeedbackEvent) -> RewardMapping:
+        """Run an adapter; whatever a custom one raises or returns becomes InvalidArgument."""
+        try:
+            mapping = adapter.to_reward(event)
+        except InvalidArgument:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidArgument(
+                "payload", f"adapter for {event.signal_type!r} refused it: {exc!r}"
+            ) from None
+        if not isinstance(mapping, RewardMapping):
+            raise InvalidArgument(
+                "payload",
+                f"adapter for {event.signal_type!r} returned {mapping!r}, not a RewardMapping",
+            )
+        return mapping
+
+    # Policy bookkeeping.
+
+    def _apply_policy(self, applied: Applied) -> tuple[float, float] | None:
+        """Apply the net delta of one store operation; returns the observation after it."""
+        decision = applied.decision
+        new = observation(applied.after, decision.reward_weights)
+        if applied.duplicate or new is None:
+            return new
+        old = observation(applied.before, decision.reward_weights)
+        if old == new:
+            return new
+        try:
+            self.router.apply_observation(decision.selected_model, decision.features, old, new)
+        except ValueError as exc:
+            # The signal is stored either way; the usual cause is a model removed from the
+            # catalogue since the decision, whose arm no longer exists to learn from it.
+            logger.warning(
+                "feedback for query %s recorded but not applied to the policy: %s",
+                decision.query_id,
+                exc,
+            )
+        return new
+
+    @staticmethod
+    def _result(query_id: str, applied: Applied, new: tuple[float, float] | None) -> FeedbackResult:
+        mark = applied.mark
+        if applied.duplicate and mark.after is not None:
+            new = observation(mark.after, applied.decision.reward_weights)
+        return FeedbackResult(
+            query_id=query_id,
+            signal_type=mark.signal_type,
+            reward=mark.reward,
+            confidence=mark.confidence,
+            duplicate=applied.duplicate,
+            applied_reward=None if new is None else new[0],
+            applied_weight=None if new is None else new[1],
+        )
+
+    # Decisions and outcomes.
+
+    async def log_decision(
+        self, decision: RoutingDecision, ttl_seconds: float | None = None
+    ) -> None:
+        """Store a decision as pending without an outcome (the sidecar's Route does this)."""
+        if not isinstance(decision, RoutingDecision):
+            raise InvalidArgument("decision", f"must be a RoutingDecision, got {decision!r}")
+        ttl = self.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
+        await self.store.log_decision(decision, ttl)
+
+    async def track(
+        self,
+        decision: RoutingDecision | str,
+        cost: float | None = None,
+        latency: float | None = None,
+        *,
+        error: bool = False,
+        retries: int = 0,
+        ttl_seconds: float | None = None,
+    ) -> None:
+        """Record a query's outcome and keep it pending for feedback.
+
+        `decision` is a RoutingDecision, or the query_id of one already logged. `cost` is in
+        USD and `latency` in seconds; both enter the reward through the cost and latency
+        scores. `error=True` is a strong negative quality signal (confidence 0.8), `retries`
+        > 0 a weak one (0.5). The pending entry's TTL restarts (default: the collector's).
+        Track counts once per query: a repeated Track changes nothing. A Track arriving after
+        feedback re-applies the query's observation with the outcome folded in.
+        """
+        if isinstance(decision, RoutingDecision):
+            query_id, create = decision.query_id, decision
+        elif isinstance(decision, str) and decision.strip():
+            query_id, create = decision, None
+        else:
+            raise InvalidArgument(
+                "decision", f"must be a RoutingDecision or a query_id, got {decision!r}"
+            )
+        cost_usd = None if cost is None else check_non_negative("cost_usd", cost)
+        latency_s = None if latency is None else check_non_negative("latency_s", latency)
+        if not isinstance(error, bool):
+            raise InvalidArgument("error", f"must be true or false, got {error!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidArgument("retries", f"must be an integer >= 0, got {retries!r}")
+        ttl = self.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
+
+        contribution = track_contribution(error, retries, cost_usd, latency_s)
+        events = []
+        if error:
+            events.append(FeedbackEvent(query_id, "error", {"error": True}))
+        if retries > 0:
+            events.append(FeedbackEvent(query_id, "retries", {"retries": retries}))
+        implicit = contribution.quality_den > 0
+        mark = Mark(TRACK_KEY, 0.0 if implicit else 1.0, contribution.weight)
+        applied = await self.store.apply(
+            query_id, TRACK_KEY, contribution, mark, events, create=create, ttl_s=ttl
+        )
+        if applied.duplicate:
+            return
+        if cost_usd is not None or latency_s is not None:
+            try:
+                self.router.record_outcome(applied.decision.selected_model, cost_usd, latency_s)
+            except ValueError as exc:  # model removed since the decision: stats only
+                logger.warning("outcome of query %s not counted: %s", query_id, exc)
+        self._apply_policy(applied)
+
+    # Feedback.
+
+    async def record(self, event: FeedbackEvent) -> FeedbackResult:
+        """Record one feedback event for a tracked query and update the policy.
+
+        Raises ValueError (InvalidArgument) naming the field for a malformed event or an
+        unregistered signal type, and ValueError (NotFound) naming the query id for an
+        unknown or expired query; in every error case nothing is changed.
+        """
+        if not isinstance(event, FeedbackEvent):
+            raise InvalidArgument("event", f"must be a FeedbackEvent, got {event!r}")
+        event.validate()
+        mapping = self._read(self._adapter(event.signal_type), event)
+        key = (
+            f"key:{event.idempotency_key}"
+            if event.idempotency_key is not None
+            else f"signal:{event.signal_type}"
+        )
+        contribution = Contribution.signals([(mapping.reward, mapping.confidence)])
+        mark = Mark(event.signal_type, mapping.reward, mapping.confidence)
+        applied = await self.store.apply(event.query_id, key, contribution, mark, [event])
+        new = self._apply_policy(applied)
+        return self._result(event.query_id, applied, new)
+
+    async def record_session_feedback(self, feedback: SessionFeedback) -> list[FeedbackResult]:
+        """Apply one signal to every still-pending query of a session.
+
+        Each query gets the adapter's reward with confidence * `propagation_weight`, once:
+        repeating the call (same session, signal type and idempotency key) changes nothing.
+        Raises NotFound if the session has no pending query.
+        """
+        if not isinstance(feedback, SessionFeedback):
+            raise InvalidArgument("feedback", f"must be a SessionFeedback, got {feedback!r}")
+        feedback.validate()
+        adapter = self._adapter(feedback.signal_type)
+        query_ids = await self.store.session_query_ids(feedback.session_id)
+        if not query_ids:
+            raise NotFound(f"No pending queries for session_id {feedback.session_id!r}")
+        # Read every event before applying any, so a refused payload changes nothing.
+        planned: list[tuple[FeedbackEvent, RewardMapping]] = []
+        for query_id in query_ids:
+            event = FeedbackEvent(
+                query_id,
+                feedback.signal_type,
+                dict(feedback.payload),
+                idempotency_key=feedback.idempotency_key,
+            )
+            planned.append((event, self._read(adapter, event)))
+        suffix = feedback.idempotency_key or feedback.signal_type
+        key = f"session:{feedback.session_id}:{suffix}"
+        results = []
+        for event, mapping in planned:
+            confidence = mapping.confidence * feedback.propagation_weight
+            contribution = Contribution.signals([(mapping.reward, confidence)])
+            mark = Mark(event.signal_type, mapping.reward, confidence)
+            try:
+                applied = await self.store.apply(event.query_id, key, contribution, mark, [event])
+            except NotFound:
+                continue  # expired between the lookup and now: no longer pending
+            new = self._apply_policy(applied)
+            results.append(self._result(event.query_id, applied, new))
+        return results
+
+    # Monitoring.
+
+    async def get_pending_count(self) -> int:
+        """Queries still waiting for feedback (expired ones excluded)."""
+        return await self.store.pending_count()
+
+    async def get_recent_feedback(self, limit: int = 100) -> list[FeedbackEvent]:
+        """The newest recorded events (explicit and implicit), newest first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidArgument("limit", f"must be an integer >= 0, got {limit!r}")
+        return await self.store.recent_events(limit)
+
+    async def feedback_counts(self) -> dict[str, int]:
+        """Recorded events by signal type (duplicates excluded), for GetStats."""
+        return await self.store.signal_counts()

@@ -1,0 +1,1 @@
+"""Feedback store backends behind one async interface (`FeedbackStore`)."""

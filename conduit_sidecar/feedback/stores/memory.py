@@ -1,0 +1,179 @@
+"""In-process store for tests and development: bounded, with TTL, nothing survives a restart.
+
+Every operation runs under one lock without awaiting, so each is atomic with respect to other
+coroutines and threads. The size bound evicts the oldest-created pending query first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from conduit_sidecar.feedback.events import FeedbackEvent
+from conduit_sidecar.feedback.observation import Accumulators, Contribution, accumulate
+from conduit_sidecar.feedback.stores.base import (
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_TTL_SECONDS,
+    Applied,
+    FeedbackStore,
+    Mark,
+    PendingQuery,
+    check_ttl,
+    not_found,
+)
+from conduit_sidecar.query import RoutingDecision
+
+
+@dataclass
+class _Entry:
+    decision: RoutingDecision
+    expires_at: float
+    acc: Accumulators = field(default_factory=Accumulators)
+    marks: dict[str, Mark] = field(default_factory=dict)
+
+
+class InMemoryFeedbackStore(FeedbackStore):
+    """Pending queries in a dict, at most `max_pending` of them (oldest evicted first)."""
+
+    def __init__(
+        self,
+        max_pending: int = 100_000,
+        *,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+    ) -> None:
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be an integer >= 1, got {max_pending!r}")
+        self.max_pending = max_pending
+        self.ttl_seconds = check_ttl(ttl_seconds)
+        self._lock = threading.Lock()
+        # Insertion order is creation order, which is the eviction order.
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._sessions: dict[str, dict[str, None]] = {}
+        # (expires_at, query_id); stale after a TTL refresh, checked against the entry.
+        self._expiry: list[tuple[float, str]] = []
+        self._log: deque[FeedbackEvent] = deque(maxlen=history_limit)
+        self._counts: Counter[str] = Counter()
+        self.evicted = 0
+
+    # Internal helpers run with the lock held.
+
+    def _drop(self, query_id: str) -> None:
+        entry = self._entries.pop(query_id, None)
+        if entry is None:
+            return
+        session_id = entry.decision.session_id
+        if session_id is not None:
+            members = self._sessions.get(session_id)
+            if members is not None:
+                members.pop(query_id, None)
+                if not members:
+                    del self._sessions[session_id]
+
+    def _purge(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            _, query_id = heapq.heappop(self._expiry)
+            entry = self._entries.get(query_id)
+            if entry is not None and entry.expires_at <= now:
+                self._drop(query_id)
+
+    def _live(self, query_id: str, now: float) -> _Entry | None:
+        entry = self._entries.get(query_id)
+        if entry is None:
+            return None
+        if entry.expires_at <= now:
+            self._drop(query_id)
+            return None
+        return entry
+
+    def _insert(self, decision: RoutingDecision, ttl_s: float, now: float) -> _Entry:
+        self._purge(now)
+        while len(self._entries) >= self.max_pending:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+            self.evicted += 1
+        entry = _Entry(decision=decision, expires_at=now + ttl_s)
+        self._entries[decision.query_id] = entry
+        heapq.heappush(self._expiry, (entry.expires_at, decision.query_id))
+        if decision.session_id is not None:
+            self._sessions.setdefault(decision.session_id, {})[decision.query_id] = None
+        return entry
+
+    # The interface.
+
+    async def log_decision(self, decision: RoutingDecision, ttl_s: float) -> bool:
+        ttl_s = check_ttl(ttl_s)
+        with self._lock:
+            now = time.time()
+            if self._live(decision.query_id, now) is not None:
+                return False
+            self._insert(decision, ttl_s, now)
+            return True
+
+    async def apply(
+        self,
+        query_id: str,
+        key: str,
+        contribution: Contribution,
+        mark: Mark,
+        events: Sequence[FeedbackEvent] = (),
+        *,
+        create: RoutingDecision | None = None,
+        ttl_s: float | None = None,
+    ) -> Applied:
+        if ttl_s is not None:
+            ttl_s = check_ttl(ttl_s)
+        with self._lock:
+            now = time.time()
+            entry = self._live(query_id, now)
+            if entry is None:
+                if create is None:
+                    raise not_found(query_id)
+                entry = self._insert(create, ttl_s or self.ttl_seconds, now)
+            first = entry.marks.get(key)
+            if first is not None:
+                return Applied(entry.decision, entry.acc, entry.acc, True, first)
+            before = entry.acc
+            entry.acc = accumulate(before, contribution)
+            stored = Mark(mark.signal_type, mark.reward, mark.confidence, entry.acc)
+            entry.marks[key] = stored
+            if ttl_s is not None:
+                entry.expires_at = now + ttl_s
+                heapq.heappush(self._expiry, (entry.expires_at, query_id))
+            for event in events:
+                self._log.append(event)
+                self._counts[event.signal_type] += 1
+            return Applied(entry.decision, before, entry.acc, False, stored)
+
+    async def get(self, query_id: str) -> PendingQuery | None:
+        with self._lock:
+            entry = self._live(query_id, time.time())
+            if entry is None:
+                return None
+            return PendingQuery(entry.decision, entry.acc, entry.expires_at)
+
+    async def session_query_ids(self, session_id: str) -> list[str]:
+        with self._lock:
+            now = time.time()
+            members = list(self._sessions.get(session_id, {}))
+            return [qid for qid in members if self._live(qid, now) is not None]
+
+    async def pending_count(self) -> int:
+        with self._lock:
+            self._purge(time.time())
+            return len(self._entries)
+
+    async def recent_events(self, limit: int) -> list[FeedbackEvent]:
+        with self._lock:
+            if limit <= 0:
+                return []
+            newest_first = reversed(self._log)
+            return [event for _, event in zip(range(limit), newest_first, strict=False)]
+
+    async def signal_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
