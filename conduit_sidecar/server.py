@@ -29,17 +29,16 @@ from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as _reflection
 
 from ._proto import conduit_pb2 as _pb
-from ._proto import conduit_pb2_grpc as _pb_grpc
 from .app import SidecarApp
 from .auth import BearerTokenInterceptor
 from .config import SidecarConfig
 from .metrics import SidecarMetrics
 from .servicer import ConduitServicer
+from .status import lenient_deserializer
 
 log = logging.getLogger("conduit_sidecar.server")
 
 SERVICE_NAME: str = _pb.DESCRIPTOR.services_by_name["ConduitService"].full_name
-_add_servicer: Callable[[Any, Any], None] = _pb_grpc.add_ConduitServiceServicer_to_server
 ShutdownHook = Callable[[], Awaitable[None] | None]
 _PENDING_REFRESH_S = 5.0
 
@@ -67,6 +66,22 @@ def configure_logging(json_logs: bool, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def add_conduit_service(servicer: ConduitServicer, server: Any) -> None:
+    """Registers every ConduitService method with lenient request deserializers (see
+    status.MalformedRequest); otherwise what the generated add_..._to_server does."""
+    service = _pb.DESCRIPTOR.services_by_name["ConduitService"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_deserializer(getattr(_pb, method.input_type.name)),
+            response_serializer=getattr(_pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class SidecarServer:
@@ -108,7 +123,7 @@ class SidecarServer:
             on_feedback=self.metrics.feedback_recorded,
             on_reward=self.metrics.rewarded,
         )
-        _add_servicer(servicer, server)
+        add_conduit_service(servicer, server)
         _health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         _reflection.enable_server_reflection(
             (SERVICE_NAME, _health.SERVICE_NAME, _reflection.SERVICE_NAME), server

@@ -65,6 +65,32 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see sidecar logs"
 
 
+class MalformedRequest:
+    """What a lenient deserializer returns for bytes that are not a valid message.
+
+    grpcio answers INTERNAL when a request deserializer raises; a client can send such bytes,
+    so the server's deserializers return this instead and `grpc_method` refuses it with
+    INVALID_ARGUMENT.
+    """
+
+    def __init__(self, message_type: str, error: Exception) -> None:
+        self.message_type = message_type
+        self.error = error
+
+
+def lenient_deserializer(message_class: Any) -> Callable[[bytes], Any]:
+    parse = message_class.FromString
+    name = message_class.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, ...
+            return MalformedRequest(name, exc)
+
+    return deserialize
+
+
 class RpcObserver(Protocol):
     """Receives one call per finished RPC (metrics)."""
 
@@ -84,6 +110,10 @@ def grpc_method(fn: _Handler[_Req, _Resp]) -> _Handler[_Req, _Resp]:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            if isinstance(request, MalformedRequest):
+                raise InvalidArgument(
+                    "request", f"not a valid {request.message_type} message: {request.error}"
+                )
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN

@@ -1,0 +1,258 @@
+"""Every bad input gets its status code and a message naming the field, over real gRPC.
+
+One sidecar process (in-memory store) serves the whole module; each test routes its own
+queries, so they are independent of each other's order.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from grpc_fixtures import Sidecar, sidecar, stub
+
+from conduit_sidecar._proto import conduit_pb2 as pb
+
+__all__ = ["sidecar", "stub"]  # fixtures imported for pytest
+FEATURE_DIM = 64
+
+
+def expect(code: grpc.StatusCode, field: str, call: Callable[[], Any]) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    error: Any = info.value
+    assert error.code() == code, error.details()
+    details: str = error.details()
+    assert field in details, details
+    return details
+
+
+def payload(**values: Any) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+def routed(stub: Any, **kwargs: Any) -> pb.RouteResponse:
+    response: pb.RouteResponse = stub.Route(pb.RouteRequest(text="What is Python?", **kwargs))
+    return response
+
+
+def test_route_refuses_empty_and_oversized_text(stub: Any) -> None:
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "text", lambda: stub.Route(pb.RouteRequest()))
+    details = expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "text",
+        lambda: stub.Route(pb.RouteRequest(text="x" * 100_001)),
+    )
+    assert details.startswith("text") and "100000" in details
+
+
+@pytest.mark.parametrize(
+    ("features", "why"),
+    [([0.1] * (FEATURE_DIM - 1), "length"), ([math.nan] * FEATURE_DIM, "nan")],
+)
+def test_route_refuses_bad_features(stub: Any, features: list[float], why: str) -> None:
+    request = pb.RouteRequest(text="hello", features=features)
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "features", lambda: stub.Route(request))
+
+
+def test_route_refuses_bad_preference_weights_and_ttl(stub: Any) -> None:
+    bad_pref = pb.RouteRequest(text="hello", preference="cheapest")
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "preference", lambda: stub.Route(bad_pref))
+    zero = pb.RouteRequest(text="hello", reward_weights=pb.RewardWeights())
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "reward_weights", lambda: stub.Route(zero))
+    negative = pb.RouteRequest(text="hello", reward_weights=pb.RewardWeights(quality=-1, cost=2))
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "reward_weights", lambda: stub.Route(negative))
+    ttl = pb.RouteRequest(text="hello", ttl_s=-1)
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "ttl_s", lambda: stub.Route(ttl))
+
+
+def test_route_constraints(stub: Any) -> None:
+    unknown = pb.RouteRequest(
+        text="hello", constraints=pb.Constraints(allowed_models=["no-such-model"])
+    )
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "no-such-model", lambda: stub.Route(unknown))
+    nan_cost = pb.RouteRequest(text="hello", constraints=pb.Constraints(max_cost_usd=math.nan))
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "max_cost_usd", lambda: stub.Route(nan_cost))
+    negative = pb.RouteRequest(text="hello", constraints=pb.Constraints(max_latency_s=-2))
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "max_latency_s", lambda: stub.Route(negative))
+    # Valid constraints that leave no model: the request is fine, the catalogue is not.
+    nothing = pb.RouteRequest(text="hello", constraints=pb.Constraints(max_cost_usd=1e-12))
+    details = expect(
+        grpc.StatusCode.FAILED_PRECONDITION, "max_cost_usd", lambda: stub.Route(nothing)
+    )
+    assert details
+
+
+def test_track_refuses_bad_outcomes_and_unknown_queries(stub: Any) -> None:
+    query_id = routed(stub).query_id
+    for field, request in [
+        ("cost_usd", pb.TrackRequest(query_id=query_id, cost_usd=math.nan)),
+        ("cost_usd", pb.TrackRequest(query_id=query_id, cost_usd=-0.01)),
+        ("latency_s", pb.TrackRequest(query_id=query_id, latency_s=math.inf)),
+        ("ttl_s", pb.TrackRequest(query_id=query_id, ttl_s=0)),
+    ]:
+        expect(grpc.StatusCode.INVALID_ARGUMENT, field, lambda r=request: stub.Track(r))
+    expect(
+        grpc.StatusCode.NOT_FOUND,
+        "no-such-query",
+        lambda: stub.Track(pb.TrackRequest(query_id="no-such-query", cost_usd=0.001)),
+    )
+    # Nothing above touched the query: it still takes its outcome.
+    stub.Track(pb.TrackRequest(query_id=query_id, cost_usd=0.001, latency_s=0.4))
+
+
+def test_feedback_refuses_bad_signals_and_keeps_the_query(stub: Any) -> None:
+    query_id = routed(stub).query_id
+    cases = [
+        ("signal_type", pb.RecordFeedbackRequest(query_id=query_id, signal_type="smiley")),
+        ("query_id", pb.RecordFeedbackRequest(signal_type="thumbs", payload=payload(value="up"))),
+        (
+            "payload",
+            pb.RecordFeedbackRequest(
+                query_id=query_id, signal_type="thumbs", payload=payload(value="sideways")
+            ),
+        ),
+        (
+            "rating",
+            pb.RecordFeedbackRequest(query_id=query_id, signal_type="rating", payload=payload()),
+        ),
+        (
+            "rating",
+            pb.RecordFeedbackRequest(
+                query_id=query_id, signal_type="rating", payload=payload(rating=9)
+            ),
+        ),
+    ]
+    for field, request in cases:
+        expect(grpc.StatusCode.INVALID_ARGUMENT, field, lambda r=request: stub.RecordFeedback(r))
+    missing = pb.RecordFeedbackRequest(
+        query_id="never-routed", signal_type="thumbs", payload=payload(value="up")
+    )
+    expect(grpc.StatusCode.NOT_FOUND, "never-routed", lambda: stub.RecordFeedback(missing))
+    good = pb.RecordFeedbackRequest(
+        query_id=query_id, signal_type="thumbs", payload=payload(value="up")
+    )
+    first = stub.RecordFeedback(good)
+    again = stub.RecordFeedback(good)
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert (again.reward, again.confidence) == (first.reward, first.confidence) == (1.0, 1.0)
+
+
+def test_expired_query_is_not_found(stub: Any) -> None:
+    query_id = routed(stub, ttl_s=0.2).query_id
+    time.sleep(0.5)
+    request = pb.RecordFeedbackRequest(
+        query_id=query_id, signal_type="thumbs", payload=payload(value="up")
+    )
+    expect(grpc.StatusCode.NOT_FOUND, query_id, lambda: stub.RecordFeedback(request))
+
+
+def test_session_feedback_errors(stub: Any) -> None:
+    empty = pb.RecordSessionFeedbackRequest(signal_type="thumbs", payload=payload(value="up"))
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT, "session_id", lambda: stub.RecordSessionFeedback(empty)
+    )
+    routed(stub, session_id="s-errors")
+    weight = pb.RecordSessionFeedbackRequest(
+        session_id="s-errors", signal_type="thumbs", payload=payload(value="up"),
+        propagation_weight=1.5,
+    )  # fmt: skip
+    expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "propagation_weight",
+        lambda: stub.RecordSessionFeedback(weight),
+    )
+    nobody = pb.RecordSessionFeedbackRequest(
+        session_id="s-nobody", signal_type="thumbs", payload=payload(value="up")
+    )
+    expect(grpc.StatusCode.NOT_FOUND, "s-nobody", lambda: stub.RecordSessionFeedback(nobody))
+
+
+def test_update_refuses_bad_input(stub: Any) -> None:
+    features = list(routed(stub, include_features=True).features)
+    assert len(features) == FEATURE_DIM
+    base = {"model_id": "gpt-4o-mini", "cost_usd": 0.001, "quality_score": 0.8, "latency_s": 1}
+    cases = [
+        ("model_id", {**base, "model_id": "no-such-model"}),
+        ("cost", {**base, "cost_usd": math.nan}),
+        ("cost", {**base, "cost_usd": -1.0}),
+        ("quality_score", {**base, "quality_score": 1.5}),
+        ("latency", {**base, "latency_s": -3.0}),
+        ("confidence", {**base, "confidence": 2.0}),
+    ]
+    for field, values in cases:
+        request = pb.UpdateRequest(features=features, **values)
+        expect(grpc.StatusCode.INVALID_ARGUMENT, field, lambda r=request: stub.Update(r))
+    no_features = pb.UpdateRequest(**base)
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "features", lambda: stub.Update(no_features))
+    assert 0.0 <= stub.Update(pb.UpdateRequest(features=features, **base)).reward <= 1.0
+
+
+def test_garbage_bytes_are_invalid_argument_not_internal(sidecar: Sidecar) -> None:
+    # Invalid UTF-8 inside field 1 (text, a proto3 string) and a truncated varint.
+    for data in (b"\x0a\x02\xff\xfe", b"\x08\xff"):
+        with sidecar.channel() as channel:
+            raw = channel.unary_unary(
+                "/conduit.v1.ConduitService/Route",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )
+            expect(
+                grpc.StatusCode.INVALID_ARGUMENT, "request", lambda d=data, r=raw: r(d, timeout=5)
+            )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_unreachable_store_is_unavailable(tmp_path: Path) -> None:
+    # A private Redis that this test owns, so it can be stopped under a running sidecar.
+    port = _free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        server = Sidecar(["--store-url", f"redis://127.0.0.1:{port}/0"], tmp_path / "sidecar.log")
+        try:
+            with server.channel() as channel:
+                stub = server.stub(channel)
+                query_id = stub.Route(pb.RouteRequest(text="hello")).query_id
+                redis.terminate()
+                redis.wait(timeout=10)
+                track = pb.TrackRequest(query_id=query_id, cost_usd=0.001)
+                expect(grpc.StatusCode.UNAVAILABLE, "", lambda: stub.Track(track, timeout=10))
+                expect(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "",
+                    lambda: stub.Route(pb.RouteRequest(text="hello"), timeout=10),
+                )
+        finally:
+            assert server.terminate() == 0
+    finally:
+        if redis.poll() is None:
+            redis.kill()
+            redis.wait()
