@@ -17,6 +17,7 @@ targets standalone or replicated Redis, not Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
@@ -171,6 +172,7 @@ class RedisFeedbackStore(FeedbackStore):
         *,
         prefix: str = "conduit:",
         history_limit: int = DEFAULT_HISTORY_LIMIT,
+        max_concurrency: int | None = None,
     ) -> None:
         self.redis = redis
         self.ttl_seconds = check_ttl(ttl_seconds)
@@ -179,13 +181,20 @@ class RedisFeedbackStore(FeedbackStore):
         self._log_decision = redis.register_script(_LOG_DECISION)
         self._apply = redis.register_script(_APPLY)
         self._pending_count = redis.register_script(_PENDING_COUNT)
+        # redis-py's default pool refuses a call ("Too many connections") instead of waiting
+        # once every connection is busy; queue here instead, so a burst of feedback waits.
+        if max_concurrency is None:
+            pool_size = getattr(redis.connection_pool, "max_connections", 50)
+            max_concurrency = max(1, min(int(pool_size), 10_000))
+        self._slots = asyncio.Semaphore(max_concurrency)
 
     def _key(self, kind: str, ident: str = "") -> str:
         return f"{self.prefix}{kind}{ident}"
 
     async def _call(self, what: str, awaitable: Awaitable[T]) -> T:
         try:
-            return await awaitable
+            async with self._slots:
+                return await awaitable
         except RedisError as exc:
             raise Unavailable(f"Redis feedback store unavailable ({what}): {exc}") from exc
         except OSError as exc:
