@@ -132,13 +132,15 @@ class SidecarServer:
 
     def _bind(self, server: Any) -> int:
         listen = self.config.listen
-        if self.config.tls_cert and self.config.tls_key:
-            credentials = grpc.ssl_server_credentials(
-                [(Path(self.config.tls_key).read_bytes(), Path(self.config.tls_cert).read_bytes())]
-            )
-            port = server.add_secure_port(listen, credentials)
-        else:
-            port = server.add_insecure_port(listen)
+        try:
+            if self.config.tls_cert and self.config.tls_key:
+                key = Path(self.config.tls_key).read_bytes()
+                cert = Path(self.config.tls_cert).read_bytes()
+                port = server.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
+            else:
+                port = server.add_insecure_port(listen)
+        except RuntimeError as exc:  # grpcio raises RuntimeError when the address is taken
+            raise OSError(f"listen: cannot bind {listen}: {exc}") from None
         if not port:
             raise OSError(f"listen: cannot bind {listen}")
         return int(port)

@@ -1,0 +1,250 @@
+"""The sidecar end to end over real gRPC: the whole flow, health, reflection, metrics,
+graceful SIGTERM, and a restart on the SQLite default that keeps pending queries."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2, struct_pb2
+from grpc_fixtures import ROOT, Sidecar, sidecar, stub
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from conduit_sidecar._proto import conduit_pb2 as pb
+from conduit_sidecar.app import SidecarApp
+from conduit_sidecar.config import SidecarConfig
+from conduit_sidecar.server import SERVICE_NAME, SidecarServer
+
+__all__ = ["sidecar", "stub"]  # fixtures imported for pytest
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def payload(**values: Any) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+def thumbs(query_id: str, value: str = "up", key: str = "") -> pb.RecordFeedbackRequest:
+    return pb.RecordFeedbackRequest(
+        query_id=query_id, signal_type="thumbs", payload=payload(value=value), idempotency_key=key
+    )
+
+
+def test_health_reports_serving_for_the_server_and_the_service(sidecar: Sidecar) -> None:
+    assert sidecar.health("") == SERVING
+    assert sidecar.health(SERVICE_NAME) == SERVING
+    with pytest.raises(grpc.RpcError) as info:
+        sidecar.health("no.such.Service")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_services_and_describes_messages(sidecar: Sidecar) -> None:
+    with sidecar.channel() as channel:
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="conduit.v1.RouteRequest"
+            ),
+        ]
+        listed, described = list(reflect.ServerReflectionInfo(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in described.file_descriptor_response.file_descriptor_proto
+    ]
+    conduit = next(f for f in files if f.package == "conduit.v1")
+    assert "RouteRequest" in {m.name for m in conduit.message_type}
+    assert [m.name for m in conduit.service[0].method] == [
+        "Route", "Track", "RecordFeedback", "RecordSessionFeedback", "Update", "ListModels",
+        "GetStats",
+    ]  # fmt: skip
+
+
+def test_the_whole_flow(stub: Any) -> None:
+    catalogue = [m.id for m in stub.ListModels(pb.ListModelsRequest()).models]
+    assert len(catalogue) >= 3 and len(set(catalogue)) == len(catalogue)
+    before = stub.GetStats(pb.GetStatsRequest())
+
+    decision = stub.Route(
+        pb.RouteRequest(
+            text="Summarise the plot of Hamlet in two sentences.",
+            session_id="flow-session",
+            user_id="u-1",
+            metadata={"tenant": "acme"},
+            preference="quality",
+            include_features=True,
+            constraints=pb.Constraints(allowed_models=catalogue[:3]),
+        )
+    )
+    assert decision.selected_model in catalogue[:3]
+    assert set(decision.scores) == set(catalogue[:3])
+    assert 0.0 < decision.propensity <= 1.0 and 0.0 <= decision.confidence <= 1.0
+    assert decision.reasoning and len(decision.query_id) >= 16
+    assert len(decision.features) == 64
+    w = decision.reward_weights
+    assert w.quality > w.cost and abs(w.quality + w.cost + w.latency - 1.0) < 1e-9
+    lean = stub.Route(pb.RouteRequest(text="hi", query_id="caller-chosen-id"))
+    assert lean.query_id == "caller-chosen-id" and not lean.features
+
+    stub.Track(pb.TrackRequest(query_id=decision.query_id, cost_usd=0.002, latency_s=1.2))
+    first = stub.RecordFeedback(thumbs(decision.query_id))
+    assert (first.reward, first.confidence, first.duplicate) == (1.0, 1.0, False)
+    rating = stub.RecordFeedback(
+        pb.RecordFeedbackRequest(
+            query_id=decision.query_id, signal_type="rating", payload=payload(rating=4)
+        )
+    )
+    assert rating.reward == pytest.approx(0.75) and not rating.duplicate
+    again = stub.RecordFeedback(thumbs(decision.query_id, "down"))  # same (query, type)
+    assert again.duplicate and again.reward == 1.0
+
+    session = stub.RecordSessionFeedback(
+        pb.RecordSessionFeedbackRequest(
+            session_id="flow-session",
+            signal_type="task_success",
+            payload=payload(success=True),
+            propagation_weight=0.5,
+        )
+    )
+    assert [r.query_id for r in session.results] == [decision.query_id]
+    assert session.results[0].confidence == pytest.approx(0.5)
+
+    update = stub.Update(
+        pb.UpdateRequest(
+            model_id=catalogue[0],
+            cost_usd=0.0005,
+            quality_score=0.9,
+            latency_s=0.8,
+            features=decision.features,
+            confidence=0.7,
+        )
+    )
+    assert 0.0 < update.reward <= 1.0
+
+    after = stub.GetStats(pb.GetStatsRequest())
+    assert after.policy == "linucb" and after.policy_version > before.policy_version
+    chosen = {m.model_id: m for m in after.models}[decision.selected_model]
+    assert chosen.selections >= 1 and chosen.outcomes >= 1 and chosen.weight_sum > 0
+    assert chosen.mean_cost_usd > 0 and chosen.mean_latency_s > 0
+    for signal in ("thumbs", "rating", "task_success"):
+        assert after.feedback_counts[signal] >= before.feedback_counts.get(signal, 0) + 1
+    assert after.pending_queries >= 2
+
+
+def test_metrics_endpoint_counts_rpcs_by_method_and_status(stub: Any, sidecar: Sidecar) -> None:
+    stub.Route(pb.RouteRequest(text="metrics please"))
+    with pytest.raises(grpc.RpcError):
+        stub.Route(pb.RouteRequest())
+    assert sidecar.metrics_port is not None
+    url = f"http://127.0.0.1:{sidecar.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    assert 'conduit_rpc_duration_seconds_count{code="OK",method="Route"}' in text
+    assert 'conduit_rpc_duration_seconds_count{code="INVALID_ARGUMENT",method="Route"}' in text
+    assert "conduit_selections_total{model=" in text
+    assert "conduit_pending_queries" in text
+
+
+def test_sigterm_flips_health_first_then_drains_in_flight_calls(tmp_path: Path) -> None:
+    db = tmp_path / "conduit.db"
+    server = Sidecar(["--store-url", f"sqlite:///{db}", "--grace-s", "20"], tmp_path / "log")
+    try:
+        with server.channel() as channel:
+            stub = server.stub(channel)
+            stub.Route(pb.RouteRequest(text="warm up"))  # creates the tables
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=30)
+            assert next(watch).status == SERVING
+            # Hold SQLite's write lock, so the next Route is in flight inside the store, for
+            # real, until the test lets go (the store waits on its busy timeout).
+            lock = sqlite3.connect(db, timeout=1, isolation_level=None)
+            lock.execute("BEGIN EXCLUSIVE")
+            in_flight = stub.Route.future(pb.RouteRequest(text="slow one"), timeout=30)
+            time.sleep(0.5)
+            assert not in_flight.done()
+            server.proc.terminate()  # SIGTERM
+            assert next(watch).status == NOT_SERVING
+            assert not in_flight.done()  # health flipped while the call was still running
+            watch.cancel()
+            lock.execute("COMMIT")
+            lock.close()
+            response = in_flight.result(timeout=20)
+            assert response.selected_model
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    log = server.log()
+    assert log.index("shutting down") < log.index("stopped after")
+
+
+def test_restart_on_sqlite_keeps_pending_queries(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state' / 'conduit.db'}"
+    first = Sidecar(["--store-url", url], tmp_path / "first.log")
+    try:
+        with first.channel() as channel:
+            stub = first.stub(channel)
+            decision = stub.Route(pb.RouteRequest(text="before the restart", session_id="s-r"))
+            stub.Track(pb.TrackRequest(query_id=decision.query_id, cost_usd=0.001, latency_s=1))
+    finally:
+        assert first.terminate() == 0
+    second = Sidecar(["--store-url", url], tmp_path / "second.log")
+    try:
+        with second.channel() as channel:
+            stub = second.stub(channel)
+            assert stub.GetStats(pb.GetStatsRequest()).pending_queries == 1
+            result = stub.RecordFeedback(thumbs(decision.query_id))
+            assert not result.duplicate and result.reward == 1.0
+            stats = {m.model_id: m for m in stub.GetStats(pb.GetStatsRequest()).models}
+            assert stats[decision.selected_model].weight_sum > 0  # it reached the policy
+            session = stub.RecordSessionFeedback(
+                pb.RecordSessionFeedbackRequest(
+                    session_id="s-r", signal_type="rating", payload=payload(rating=5)
+                )
+            )
+            assert [r.query_id for r in session.results] == [decision.query_id]
+    finally:
+        assert second.terminate() == 0
+
+
+def test_a_taken_port_is_a_clear_startup_error(sidecar: Sidecar) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", sidecar.target,
+         "--store-url", "memory://"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"listen: cannot bind {sidecar.target}" in result.stderr
+
+
+async def test_shutdown_runs_every_hook_after_draining() -> None:
+    config = SidecarConfig(listen="127.0.0.1:0", store_url="memory://").validate()
+    server = SidecarServer(config, await SidecarApp.create(config), shutdown_delay_s=0.0)
+    await server.start()
+    calls: list[str] = []
+
+    def sync_hook() -> None:
+        calls.append("sync")
+
+    def failing_hook() -> None:
+        calls.append("failing")
+        raise RuntimeError("disk full")
+
+    async def async_hook() -> None:
+        response = await server.health.Check(health_pb2.HealthCheckRequest(service=""), None)
+        calls.append(f"async:{response.status}")
+
+    server.on_shutdown += [sync_hook, failing_hook, async_hook]
+    await server.shutdown()
+    assert calls == ["sync", "failing", f"async:{NOT_SERVING}"]
