@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,21 @@ from baselines import ConduitArms, MabwiserLinUCB, VowpalCB, conduit_available
 from naive_c import CFLAGS, NaiveCLinUCB, compile_naive_c, gcc_version
 from numpy.typing import NDArray
 from numpy_linucb import NumpyLinUCB, pin_rank1_blas
-from timing import CallStats, Timed, describe_machine, harness_floor_ns, interleaved
+from timing import (
+    CallStats,
+    NumpyBlasThreads,
+    Timed,
+    describe_machine,
+    harness_floor_ns,
+    interleaved,
+)
 
 OPS = ("select", "update", "select+update")
-COLUMNS = ("conduit", "numpy", "mabwiser", "vw", "c_f64")
+COLUMNS = ("conduit", "numpy", "numpy_1t", "mabwiser", "vw", "c_f64")
+# Targets compare with the faster of the two NumPy runs (BLAS threads as installed, and one
+# thread): on a loaded 2-core machine either can win, and the stricter baseline is the fair one.
+BEST_NUMPY = "numpy_best"
+RATIOS = (BEST_NUMPY, "mabwiser", "vw", "c_f64")
 ALPHA = 1.0
 RIDGE = 1.0
 
@@ -175,10 +187,17 @@ class Cell:
     n_arms: int
     stats: dict[str, CallStats]
 
+    def median_us(self, column: str) -> float | None:
+        if column == BEST_NUMPY:
+            found = [self.stats[c].median_us for c in ("numpy", "numpy_1t") if c in self.stats]
+            return min(found) if found else None
+        return self.stats[column].median_us if column in self.stats else None
+
     def ratio(self, column: str) -> float | None:
-        if "conduit" not in self.stats or column not in self.stats:
+        mine, theirs = self.median_us("conduit"), self.median_us(column)
+        if mine is None or theirs is None:
             return None
-        return self.stats[column].median_us / self.stats["conduit"].median_us
+        return theirs / mine
 
 
 @dataclass(frozen=True)
@@ -194,11 +213,11 @@ class Target:
 
 
 TARGETS = (
-    Target(64, 5, "numpy", 6.0),
-    Target(386, 5, "numpy", 2.0),
+    Target(64, 5, BEST_NUMPY, 6.0),
+    Target(386, 5, BEST_NUMPY, 2.0),
     Target(386, 5, "mabwiser", 40.0),
     Target(386, 5, "c_f64", 1.0),
-    Target(386, 20, "numpy", 2.0),
+    Target(386, 20, BEST_NUMPY, 2.0),
     Target(386, 20, "mabwiser", 40.0),
     Target(386, 20, "c_f64", 1.0),
 )
@@ -232,10 +251,11 @@ def print_table(cells: list[Cell]) -> None:
         "K",
         "conduit us",
         "numpy us",
+        "numpy 1T us",
         "mabwiser us",
         "vw us",
         "C f64 us",
-        "numpy/conduit",
+        "best numpy/conduit",
         "mabwiser/conduit",
         "vw/conduit",
         "C/conduit",
@@ -249,7 +269,7 @@ def print_table(cells: list[Cell]) -> None:
             str(c.dim),
             str(c.n_arms),
             *(_fmt(c.stats.get(col)) for col in COLUMNS),
-            *(_fmt_ratio(c.ratio(col)) for col in ("numpy", "mabwiser", "vw", "c_f64")),
+            *(_fmt_ratio(c.ratio(col)) for col in RATIOS),
             _verdicts(c),
         ]
         print("| " + " | ".join(row) + " |")
@@ -282,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     print("# Conduit core benchmark (issue 2)")
     print("#", pin_rank1_blas())
+    blas = NumpyBlasThreads()
+    print(f"# NumPy BLAS threads: numpy column {blas.default} (as installed), numpy_1t column 1")
     for line in describe_machine():
         print("#", line)
     missing = conduit_available()
@@ -305,12 +327,17 @@ def main(argv: list[str] | None = None) -> int:
             if missing is None:
                 contenders["conduit"] = conduit_steps(w)
             contenders["numpy"] = _indexed_steps(NumpyLinUCB(dim, k, ALPHA, RIDGE), w)
+            if blas.available:
+                contenders["numpy_1t"] = _indexed_steps(NumpyLinUCB(dim, k, ALPHA, RIDGE), w)
             contenders["mabwiser"] = mabwiser_steps(w)
             contenders["vw"] = vw_steps(w)
             if lib is not None:
                 contenders["c_f64"] = _indexed_steps(NaiveCLinUCB(lib, dim, k, ALPHA, RIDGE), w)
             for op in OPS:
-                impls = [Timed(name, steps[op]) for name, steps in contenders.items()]
+                impls = [
+                    Timed(name, steps[op], partial(blas.set, 1 if name == "numpy_1t" else None))
+                    for name, steps in contenders.items()
+                ]
                 stats = interleaved(impls, args.contexts, args.budget, args.min_iter, args.max_iter)
                 cells.append(Cell(op, dim, k, stats))
                 print(

@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "CallStats",
+    "NumpyBlasThreads",
     "Timed",
     "describe_machine",
     "harness_floor_ns",
@@ -34,6 +36,7 @@ class Timed:
 
     name: str
     step: Step
+    before_chunk: Callable[[], object] | None = None  # untimed, e.g. set BLAS threads
     iterations: int = 0
     next_index: int = 0
     samples_ns: list[int] = field(default_factory=list)
@@ -58,6 +61,8 @@ class CallStats:
 
 
 def _run(t: Timed, count: int, n_contexts: int) -> None:
+    if t.before_chunk is not None:
+        t.before_chunk()
     step = t.step
     clock = time.perf_counter_ns
     out = t.samples_ns
@@ -100,6 +105,33 @@ def interleaved(
             hi = t.iterations * (r + 1) // rounds
             _run(t, hi - lo, n_contexts)
     return {t.name: CallStats.of(t.samples_ns) for t in impls}
+
+
+class NumpyBlasThreads:
+    """Switch the thread count of NumPy's own BLAS between timed chunks (about 1 us a switch).
+
+    ``set(None)`` restores what NumPy had when this object was made ("as installed").
+    """
+
+    def __init__(self) -> None:
+        self._lib: Any = None
+        self.default: int | None = None
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return
+        for lib in ThreadpoolController().lib_controllers:
+            if lib.user_api == "blas" and "numpy.libs" in str(lib.filepath):
+                self._lib = lib
+                self.default = int(lib.num_threads)
+
+    @property
+    def available(self) -> bool:
+        return self._lib is not None
+
+    def set(self, n: int | None) -> None:
+        if self._lib is not None:
+            self._lib.set_num_threads(self.default if n is None else n)
 
 
 def harness_floor_ns(n: int = 20000) -> float:
