@@ -74,7 +74,7 @@ class SidecarConfig:
                 "store_url: expected memory://, sqlite:///path, redis://... or "
                 f"postgresql://..., got {self.store_url!r}"
             )
-        if scheme == "sqlite" and not self.store_url[len("sqlite://") :]:
+        if scheme == "sqlite" and not self.store_url[len("sqlite:///") :]:
             raise ConfigError("store_url: sqlite:/// needs a path, e.g. sqlite:///./conduit.db")
         positive_ints = ("feature_dim", "max_pending", "max_message_bytes", "max_text_chars")
         for name in positive_ints:
@@ -123,7 +123,10 @@ def _optional(name: str) -> bool:
 
 def _coerce(name: str, raw: Any, source: str) -> Any:
     """Converts a YAML/env/flag value to the setting's type; errors name the setting."""
-    if raw is None or (isinstance(raw, str) and raw.strip() == "" and _optional(name)):
+    # An empty value unsets an optional setting (CONDUIT_METRICS_PORT=""), except the token:
+    # a blank secret must not silently turn authentication off.
+    blank = isinstance(raw, str) and raw.strip() == "" and name != "token"
+    if raw is None or (blank and _optional(name)):
         if _optional(name):
             return None
         raise ConfigError(f"{name} ({source}): must be set")
@@ -146,7 +149,7 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             if isinstance(raw, bool):
                 raise ValueError(raw)
             return float(raw)
-    except ValueError:
+    except (TypeError, ValueError):
         raise ConfigError(f"{name} ({source}): expected {kind.__name__}, got {raw!r}") from None
     return str(raw)
 

@@ -26,6 +26,10 @@ _METRICS_LINE = re.compile(r"metrics (\d+)\)")
 START_TIMEOUT_S = 30.0
 
 
+class SidecarExited(RuntimeError):
+    """The process exited before serving; the message holds its log."""
+
+
 class Sidecar:
     """One `conduit-sidecar serve` process."""
 
@@ -41,7 +45,11 @@ class Sidecar:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self.port = self._wait_for_port()
+        try:
+            self.port = self._wait_for_port()
+        except BaseException:
+            self.stop()
+            raise
         self.target = f"127.0.0.1:{self.port}"
         match = _METRICS_LINE.search(self.log())
         self.metrics_port = int(match.group(1)) if match else None
@@ -56,9 +64,8 @@ class Sidecar:
             if match:
                 return int(match.group(1))
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sidecar exited with {self.proc.returncode}:\n{self.log()}")
+                raise SidecarExited(f"sidecar exited with {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.05)
-        self.proc.kill()
         raise RuntimeError(f"sidecar did not start within {START_TIMEOUT_S}s:\n{self.log()}")
 
     def channel(self) -> grpc.Channel:
@@ -86,7 +93,8 @@ class Sidecar:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
 
 
 @pytest.fixture(scope="module")

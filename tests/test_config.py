@@ -1,0 +1,126 @@
+"""Configuration: defaults, YAML < environment < flags, and errors that name the setting."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from conduit_sidecar.config import (
+    ConfigError,
+    SidecarConfig,
+    add_arguments,
+    config_from_args,
+    default_store_url,
+    load_config,
+)
+
+
+def test_defaults_are_loopback_and_the_embedded_sqlite_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", "/var/state")
+    config = load_config(env={})
+    assert config.listen == "127.0.0.1:50051"
+    assert config.store_url == "sqlite:////var/state/conduit/conduit.db" == default_store_url()
+    assert (config.policy, config.feature_dim, config.ttl_s) == ("linucb", 64, 3600.0)
+    assert config.token is None and config.metrics_port is None and not config.json_logs
+
+
+def test_default_store_falls_back_to_home_state_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert default_store_url() == "sqlite:////home/someone/.local/state/conduit/conduit.db"
+
+
+def test_precedence_yaml_then_env_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "conduit.yaml"
+    path.write_text("policy: ucb1\nfeature_dim: 32\nttl_s: 60\njson_logs: true\nseed: 3\n")
+    env = {"CONDUIT_CONFIG": str(path), "CONDUIT_FEATURE_DIM": "48", "CONDUIT_TTL_S": "120"}
+    config = load_config(flags={"ttl_s": "30"}, env=env)
+    assert config.policy == "ucb1"  # YAML only
+    assert config.feature_dim == 48  # env over YAML
+    assert config.ttl_s == 30.0  # flag over env
+    assert config.json_logs is True and config.seed == 3
+
+
+def test_flags_parse_like_the_cli(tmp_path: Path) -> None:
+    config = config_from_args(
+        ["--listen", "0.0.0.0:6000", "--store-url", "memory://", "--metrics-port", "9464",
+         "--json-logs", "--max-pending", "500", "--preference", "cost"]
+    )  # fmt: skip
+    assert config.listen == "0.0.0.0:6000" and config.store_scheme == "memory"
+    assert config.metrics_port == 9464 and config.json_logs and config.max_pending == 500
+    assert config.preference == "cost"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--no-json-logs"]).json_logs is False
+
+
+def test_empty_env_value_unsets_an_optional_setting() -> None:
+    assert load_config(env={"CONDUIT_METRICS_PORT": ""}).metrics_port is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CONDUIT_LISTEN": "50051"}, "listen: expected host:port"),
+        ({"CONDUIT_LISTEN": "127.0.0.1:70000"}, "listen"),
+        ({"CONDUIT_POLICY": "greedy"}, "policy: expected one of"),
+        ({"CONDUIT_PREFERENCE": "fastest"}, "preference"),
+        ({"CONDUIT_STORE_URL": "mysql://x"}, "store_url"),
+        ({"CONDUIT_STORE_URL": "sqlite:///"}, "store_url: sqlite:/// needs a path"),
+        ({"CONDUIT_FEATURE_DIM": "0"}, "feature_dim: must be > 0"),
+        ({"CONDUIT_FEATURE_DIM": "sixty"}, "feature_dim (CONDUIT_FEATURE_DIM): expected int"),
+        ({"CONDUIT_FEATURE_DIM": "6.5"}, "feature_dim (CONDUIT_FEATURE_DIM): expected int"),
+        ({"CONDUIT_TTL_S": "nan"}, "ttl_s: must be finite and > 0"),
+        ({"CONDUIT_TTL_S": "-1"}, "ttl_s"),
+        ({"CONDUIT_GRACE_S": "inf"}, "grace_s"),
+        ({"CONDUIT_JSON_LOGS": "maybe"}, "json_logs (CONDUIT_JSON_LOGS): expected bool"),
+        ({"CONDUIT_METRICS_PORT": "-5"}, "metrics_port"),
+        ({"CONDUIT_TLS_CERT": "/nonexistent.pem"}, "tls_cert/tls_key: set both"),
+        ({"CONDUIT_TLS_CERT": "/no.pem", "CONDUIT_TLS_KEY": "/no.key"}, "tls_cert: no such file"),
+        ({"CONDUIT_CATALOGUE": "/no/models.yaml"}, "catalogue: no such file"),
+        ({"CONDUIT_TOKEN": " "}, "token: must not be blank"),
+        ({"CONDUIT_MAX_MESSAGE_BYTES": "0"}, "max_message_bytes"),
+        ({"CONDUIT_CONFIG": "/no/conduit.yaml"}, "config: cannot read"),
+    ],
+)
+def test_bad_settings_name_themselves(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a\n- b\n", "must hold a mapping"),
+        ("polcy: ucb1\n", "unknown setting(s) polcy"),
+        ("feature_dim: [1, 2]\n", "feature_dim (config file"),
+        ("policy: [unclosed\n", "not valid YAML"),
+        ("json_logs: 1.5\n", "json_logs"),
+        ("feature_dim: true\n", "expected int"),
+    ],
+)
+def test_bad_yaml_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "conduit.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, config_path=str(path))
+    assert message in str(info.value)
+
+
+def test_empty_yaml_file_means_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "conduit.yaml"
+    path.write_text("")
+    assert load_config(env={}, config_path=str(path)) == load_config(env={})
+
+
+def test_tls_and_catalogue_files_must_exist_together(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("cert")
+    key.write_text("key")
+    config = SidecarConfig(tls_cert=str(cert), tls_key=str(key)).validate()
+    assert config.tls_cert == str(cert)
