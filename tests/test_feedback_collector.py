@@ -1,0 +1,365 @@
+"""FeedbackCollector semantics (in-memory store, real Router): the spec's API and behaviour.
+
+Backend-specific guarantees (atomicity, TTL, durability) are in tests/test_stores.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conduit_sidecar import Query, Router
+from conduit_sidecar.errors import InvalidArgument, NotFound
+from conduit_sidecar.feedback import (
+    FeedbackAdapter,
+    FeedbackCollector,
+    FeedbackEvent,
+    FeedbackResult,
+    InMemoryFeedbackStore,
+    RatingAdapter,
+    RewardMapping,
+    SessionFeedback,
+    TaskSuccessAdapter,
+    ThumbsAdapter,
+    builtin_adapters,
+)
+from conduit_sidecar.query import RoutingDecision
+
+MODELS = ["cheap-model", "mid-model", "strong-model"]
+
+
+def small_router() -> Router:
+    return Router(models=MODELS, feature_dim=16)
+
+
+async def tracked(collector: FeedbackCollector, text: str = "What is Python?") -> RoutingDecision:
+    router = collector.router
+    assert isinstance(router, Router)
+    decision = await router.route(Query(text=text))
+    await collector.track(decision, cost=0.001, latency=0.5)
+    return decision
+
+
+class ConversionAdapter(FeedbackAdapter):
+    """The spec's custom adapter example."""
+
+    @property
+    def signal_type(self) -> str:
+        return "conversion"
+
+    def to_reward(self, event: FeedbackEvent) -> RewardMapping:
+        converted = event.payload.get("converted", False)
+        return RewardMapping(reward=1.0 if converted else 0.3, confidence=1.0)
+
+
+async def test_quick_start_flow_with_the_default_router() -> None:
+    router = Router()
+    collector = FeedbackCollector(router)
+    decision = await router.route(Query(text="What is Python?"))
+    await collector.track(decision, cost=0.001, latency=0.5)
+    result = await collector.record(
+        FeedbackEvent(query_id=decision.query_id, signal_type="thumbs", payload={"value": "up"})
+    )
+    assert isinstance(result, FeedbackResult)
+    assert (result.reward, result.confidence, result.duplicate) == (1.0, 1.0, False)
+    assert result.applied_weight == 1.0
+    assert router.stats()[decision.selected_model].weight_sum == 1.0
+
+
+def test_only_thumbs_is_registered_by_default() -> None:
+    collector = FeedbackCollector(small_router())
+    assert list(collector.adapters) == ["thumbs"]
+    assert isinstance(collector.adapters["thumbs"], ThumbsAdapter)
+    collector.register_adapter(RatingAdapter())
+    collector.register_adapter(TaskSuccessAdapter())
+    assert sorted(collector.adapters) == ["rating", "task_success", "thumbs"]
+    # `adapters` is a view for monitoring, not a way to register.
+    collector.adapters.clear()
+    assert len(collector.adapters) == 3
+    every = FeedbackCollector(small_router(), adapters=builtin_adapters())
+    assert len(every.adapters) == 5
+
+
+def test_register_adapter_refuses_non_adapters_and_reserved_names() -> None:
+    collector = FeedbackCollector(small_router())
+    with pytest.raises(InvalidArgument, match="adapter"):
+        collector.register_adapter("thumbs")  # type: ignore[arg-type]
+
+    class Track(ConversionAdapter):
+        @property
+        def signal_type(self) -> str:
+            return "track"
+
+    with pytest.raises(InvalidArgument, match="reserved"):
+        collector.register_adapter(Track())
+
+
+async def test_custom_adapter_from_the_spec() -> None:
+    collector = FeedbackCollector(small_router())
+    collector.register_adapter(ConversionAdapter())
+    decision = await tracked(collector)
+    result = await collector.record(FeedbackEvent(decision.query_id, "conversion", {}))
+    assert (result.reward, result.confidence) == (0.3, 1.0)
+
+
+async def test_unregistered_signal_type_is_refused_and_names_the_field() -> None:
+    collector = FeedbackCollector(small_router())
+    decision = await tracked(collector)
+    with pytest.raises(ValueError, match="signal_type") as info:
+        await collector.record(FeedbackEvent(decision.query_id, "rating", {"rating": 5}))
+    assert isinstance(info.value, InvalidArgument) and info.value.field == "signal_type"
+    assert "thumbs" in str(info.value)  # says what is registered
+
+
+async def test_same_event_twice_counts_once_and_returns_the_first_result() -> None:
+    collector = FeedbackCollector(small_router())
+    decision = await tracked(collector)
+    qid = decision.query_id
+    first = await collector.record(FeedbackEvent(qid, "thumbs", {"value": "up"}))
+    second = await collector.record(FeedbackEvent(qid, "thumbs", {"value": "up"}))
+    assert not first.duplicate and second.duplicate
+    assert second == FeedbackResult(**{**first.__dict__, "duplicate": True})
+    # One reaction per signal type: a changed mind is a duplicate of the first reaction.
+    changed = await collector.record(FeedbackEvent(qid, "thumbs", {"value": "down"}))
+    assert changed.duplicate and changed.reward == 1.0
+    assert await collector.feedback_counts() == {"thumbs": 1}
+
+
+async def test_different_signal_types_are_recorded_separately() -> None:
+    collector = FeedbackCollector(small_router(), adapters=[RatingAdapter()])
+    decision = await tracked(collector)
+    qid = decision.query_id
+    thumbs = await collector.record(FeedbackEvent(qid, "thumbs", {"value": "up"}))
+    rating = await collector.record(FeedbackEvent(qid, "rating", {"rating": 1}))
+    assert not thumbs.duplicate and not rating.duplicate
+    assert rating.applied_reward is not None and thumbs.applied_reward is not None
+    assert rating.applied_reward < thumbs.applied_reward  # the blend moved down
+    # A duplicate reports the first result, not the query's state now.
+    again = await collector.record(FeedbackEvent(qid, "thumbs", {"value": "up"}))
+    assert again.applied_reward == thumbs.applied_reward
+
+
+async def test_explicit_idempotency_keys_override_the_default() -> None:
+    collector = FeedbackCollector(small_router())
+    decision = await tracked(collector)
+    qid = decision.query_id
+    a = await collector.record(FeedbackEvent(qid, "thumbs", {"value": "up"}, idempotency_key="k1"))
+    b = await collector.record(
+        FeedbackEvent(qid, "thumbs", {"value": "down"}, idempotency_key="k2")
+    )
+    c = await collector.record(
+        FeedbackEvent(qid, "thumbs", {"value": "down"}, idempotency_key="k1")
+    )
+    assert (a.duplicate, b.duplicate, c.duplicate) == (False, False, True)
+    assert c.reward == 1.0
+    assert await collector.feedback_counts() == {"thumbs": 2}
+
+
+class Broken(FeedbackAdapter):
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+
+    @property
+    def signal_type(self) -> str:
+        return "broken"
+
+    def to_reward(self, event: FeedbackEvent) -> RewardMapping:
+        if self.behaviour == "keyerror":
+            return RewardMapping(reward=event.payload["missing"])
+        if self.behaviour == "out-of-range":
+            return RewardMapping(reward=2.0)
+        return 0.5  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("behaviour", ["keyerror", "out-of-range", "wrong-type"])
+async def test_a_misbehaving_custom_adapter_is_refused_cleanly(behaviour: str) -> None:
+    collector = FeedbackCollector(small_router(), adapters=[Broken(behaviour)])
+    decision = await tracked(collector)
+    with pytest.raises(InvalidArgument):
+        await collector.record(FeedbackEvent(decision.query_id, "broken", {}))
+    assert await collector.feedback_counts() == {}
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (FeedbackEvent("q", "thumbs", payload=[1, 2]), "payload"),  # type: ignore[arg-type]
+        (FeedbackEvent("q", "thumbs", payload={"value": float("nan")}), "payload"),
+        (FeedbackEvent("q", "thumbs", payload={1: "up"}), "payload"),  # type: ignore[dict-item]
+        (FeedbackEvent("q", "thumbs", payload={"v": object()}), "payload"),
+        (FeedbackEvent("q", "", payload={}), "signal_type"),
+        (FeedbackEvent(None, "thumbs"), "query_id"),  # type: ignore[arg-type]
+        (FeedbackEvent("q", "thumbs", {"value": "up"}, idempotency_key=""), "idempotency_key"),
+        (FeedbackEvent("q", "thumbs", {"value": "up"}, timestamp=float("inf")), "timestamp"),
+    ],
+)
+async def test_malformed_events_are_refused_naming_the_field(
+    event: FeedbackEvent, field: str
+) -> None:
+    collector = FeedbackCollector(small_router())
+    with pytest.raises(InvalidArgument) as info:
+        await collector.record(event)
+    assert info.value.field == field
+
+
+async def test_unknown_query_error_names_the_query_id() -> None:
+    collector = FeedbackCollector(small_router())
+    with pytest.raises(ValueError, match="Unknown query_id 'q-404'") as info:
+        await collector.record(FeedbackEvent("q-404", "thumbs", {"value": "up"}))
+    assert isinstance(info.value, NotFound) and info.value.query_id == "q-404"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"cost": float("nan")}, "cost_usd"),
+        ({"cost": "0.1"}, "cost_usd"),
+        ({"latency": -0.5}, "latency_s"),
+        ({"error": "yes"}, "error"),
+        ({"retries": True}, "retries"),
+        ({"retries": 1.5}, "retries"),
+        ({"ttl_seconds": 0}, "ttl_seconds"),
+        ({"ttl_seconds": float("inf")}, "ttl_seconds"),
+    ],
+)
+async def test_track_refuses_bad_arguments(kwargs: dict[str, Any], field: str) -> None:
+    router = small_router()
+    collector = FeedbackCollector(router)
+    decision = await router.route(Query(text="hi"))
+    with pytest.raises(InvalidArgument) as info:
+        await collector.track(decision, **kwargs)
+    assert info.value.field == field
+    assert await collector.get_pending_count() == 0
+
+
+async def test_track_by_id_needs_a_logged_decision() -> None:
+    router = small_router()
+    collector = FeedbackCollector(router)
+    with pytest.raises(NotFound, match="never-logged"):
+        await collector.track("never-logged", cost=0.1)
+    with pytest.raises(InvalidArgument, match="decision"):
+        await collector.track(42)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="decision"):
+        await collector.log_decision("q1")  # type: ignore[arg-type]
+    decision = await router.route(Query(text="hi"))
+    await collector.log_decision(decision)
+    await collector.log_decision(decision)  # logging twice keeps one pending entry
+    assert await collector.get_pending_count() == 1
+    await collector.track(decision.query_id, cost=0.004, latency=1.5)
+    await collector.track(decision.query_id, cost=0.004, latency=1.5)
+    stats = router.stats()[decision.selected_model]
+    assert (stats.outcomes, stats.cost_usd_sum, stats.latency_s_sum) == (1, 0.004, 1.5)
+
+
+async def test_collector_ttl_applies_to_every_track() -> None:
+    collector = FeedbackCollector(small_router(), ttl_seconds=0.2)
+    assert collector.ttl_seconds == 0.2
+    decision = await tracked(collector)
+    await asyncio.sleep(0.35)
+    with pytest.raises(NotFound):
+        await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+    assert FeedbackCollector(small_router()).ttl_seconds == 3600.0
+    with pytest.raises(InvalidArgument, match="ttl_seconds"):
+        FeedbackCollector(small_router(), ttl_seconds=-1)
+
+
+async def test_concurrent_feedback_ends_exactly_where_sequential_feedback_does() -> None:
+    """Many queries, several signals each, recorded concurrently in shuffled order, versus
+    the same signals recorded one by one: the two policies hold the same statistics."""
+    rng = random.Random(7)
+    concurrent = FeedbackCollector(small_router(), adapters=builtin_adapters())
+    sequential = FeedbackCollector(small_router(), adapters=builtin_adapters())
+    events: list[FeedbackEvent] = []
+    for i in range(40):
+        decision = await concurrent.router.route(Query(text=f"question {i}"))  # type: ignore[attr-defined]
+        for collector in (concurrent, sequential):
+            await collector.track(decision, cost=0.0005 * (i + 1), latency=0.1 * (i + 1))
+        qid = decision.query_id
+        events += [
+            FeedbackEvent(qid, "thumbs", {"value": rng.choice(["up", "down"])}),
+            FeedbackEvent(qid, "rating", {"rating": rng.randint(1, 5)}),
+            FeedbackEvent(qid, "regeneration", {"regenerated": rng.random() < 0.3}),
+        ]
+    for event in events:
+        await sequential.record(event)
+    shuffled = list(events)
+    rng.shuffle(shuffled)
+    await asyncio.gather(*(concurrent.record(e) for e in shuffled))
+
+    a = concurrent.router.policy  # type: ignore[attr-defined]
+    b = sequential.router.policy  # type: ignore[attr-defined]
+    for model in MODELS:
+        sa, sb = a.arm_stats()[model], b.arm_stats()[model]
+        assert sa.weight_sum == pytest.approx(sb.weight_sum, abs=1e-9)
+        assert sa.reward_sum == pytest.approx(sb.reward_sum, abs=1e-9)
+    probe_decision = await sequential.router.route(Query(text="probe"))  # type: ignore[attr-defined]
+    probe = np.asarray(probe_decision.features)
+    scores_a, scores_b = a.select(probe).scores, b.select(probe).scores
+    assert scores_a == pytest.approx(scores_b, abs=1e-9)
+
+
+async def test_feedback_for_a_removed_model_is_stored_without_failing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = small_router()
+    collector = FeedbackCollector(router)
+    decision = await tracked(collector)
+    router.remove_model(decision.selected_model)
+    with caplog.at_level(logging.WARNING, logger="conduit_sidecar.feedback.collector"):
+        result = await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+    assert not result.duplicate
+    assert "not applied to the policy" in caplog.text
+    assert await collector.feedback_counts() == {"thumbs": 1}
+
+
+async def test_session_feedback_with_a_bad_payload_changes_nothing() -> None:
+    router = small_router()
+    collector = FeedbackCollector(router, adapters=[RatingAdapter()])
+    for i in range(3):
+        decision = await router.route(Query(text=f"turn {i}", session_id="chat"))
+        await collector.track(decision)
+    version = router.policy.version
+    with pytest.raises(InvalidArgument, match=r"payload\.rating"):
+        await collector.record_session_feedback(SessionFeedback("chat", "rating", {"rating": 9}))
+    with pytest.raises(InvalidArgument, match="propagation_weight"):
+        await collector.record_session_feedback(
+            SessionFeedback("chat", "rating", {"rating": 4}, propagation_weight=1.5)
+        )
+    with pytest.raises(InvalidArgument, match="signal_type"):
+        await collector.record_session_feedback(SessionFeedback("chat", "quality_score"))
+    assert router.policy.version == version
+    assert await collector.get_recent_feedback() == []
+    results = await collector.record_session_feedback(
+        SessionFeedback("chat", "rating", {"rating": 4})
+    )
+    assert [r.confidence for r in results] == [0.5, 0.5, 0.5]  # default propagation 0.5
+
+
+async def test_monitoring_calls() -> None:
+    collector = FeedbackCollector(small_router())
+    decision = await tracked(collector)
+    assert await collector.get_pending_count() == 1
+    await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+    history = await collector.get_recent_feedback(limit=100)
+    assert [(e.query_id, e.payload) for e in history] == [(decision.query_id, {"value": "up"})]
+    with pytest.raises(InvalidArgument, match="limit"):
+        await collector.get_recent_feedback(limit=-1)
+    assert {a.signal_type for a in collector.adapters.values()} == {"thumbs"}
+
+
+async def test_history_is_capped() -> None:
+    collector = FeedbackCollector(
+        small_router(), InMemoryFeedbackStore(history_limit=3), adapters=builtin_adapters()
+    )
+    decision = await tracked(collector)
+    for key in "abcde":
+        await collector.record(
+            FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}, idempotency_key=key)
+        )
+    assert [e.idempotency_key for e in await collector.get_recent_feedback()] == ["e", "d", "c"]
+    assert await collector.feedback_counts() == {"thumbs": 5}
