@@ -1,0 +1,134 @@
+"""The Python clients against a real sidecar: the API mirrors the library, errors come back as
+the library's exceptions, and retries ride out a sidecar restart."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from grpc_fixtures import Sidecar, sidecar
+
+from conduit_sidecar.client import AsyncConduitClient, ConduitClient
+from conduit_sidecar.errors import InvalidArgument, NoEligibleModel, NotFound, Unavailable
+from conduit_sidecar.feedback import FeedbackEvent, SessionFeedback
+from conduit_sidecar.query import Constraints, Query
+from conduit_sidecar.reward import RewardWeights
+
+__all__ = ["sidecar"]  # fixture imported for pytest
+
+
+def test_sync_client_mirrors_the_python_api(sidecar: Sidecar) -> None:
+    with ConduitClient(sidecar.target) as client:
+        models = client.list_models()
+        assert len(models) >= 3 and models[0].id
+        query = Query(
+            text="Explain recursion to a child.",
+            session_id="client-session",
+            metadata={"tenant": "acme"},
+            reward_weights=RewardWeights(2, 1, 1),
+            constraints=Constraints(allowed_models=[m.id for m in models[:2]]),
+        )
+        decision = client.route(query, include_features=True)
+        assert decision.query_id == query.query_id  # the client fixed it before sending
+        assert decision.selected_model in {m.id for m in models[:2]}
+        assert decision.session_id == "client-session" and decision.metadata == {"tenant": "acme"}
+        assert decision.reward_weights.quality == pytest.approx(0.5)
+        assert len(decision.features) == 64
+        client.track(decision, cost=0.001, latency=0.5)
+        event = FeedbackEvent(
+            query_id=decision.query_id, signal_type="thumbs", payload={"value": "up"}
+        )
+        result = client.record(event)
+        assert (result.reward, result.confidence, result.duplicate) == (1.0, 1.0, False)
+        assert client.record(event).duplicate
+        results = client.record_session_feedback(
+            SessionFeedback(
+                session_id="client-session", signal_type="rating", payload={"rating": 5}
+            )
+        )
+        assert [r.query_id for r in results] == [decision.query_id]
+        assert results[0].confidence == pytest.approx(0.5)  # the spec's default propagation
+        reward = client.update(
+            model_id=decision.selected_model, cost=0.001, quality_score=0.9, latency=0.5,
+            features=decision.features,
+        )  # fmt: skip
+        assert 0.0 < reward <= 1.0
+        stats = client.get_stats()
+        assert stats.models[decision.selected_model].selections >= 1
+        assert stats.feedback_counts["thumbs"] >= 1 and stats.pending_queries >= 1
+
+
+async def test_async_client_mirrors_the_python_api(sidecar: Sidecar) -> None:
+    async with AsyncConduitClient(sidecar.target) as client:
+        decision = await client.route(Query(text="What is Python?"))
+        assert decision.features == []  # not requested: responses stay small
+        await client.track(decision.query_id, cost=0.002, latency=1.0, retries=1)
+        result = await client.record(
+            FeedbackEvent(decision.query_id, "quality_score", {"score": 0.25}, "my-key-1")
+        )
+        assert result.reward == 0.25 and not result.duplicate
+        assert (await client.get_stats()).policy == "linucb"
+        assert len(await client.list_models()) >= 3
+
+
+def test_errors_are_the_library_exceptions(sidecar: Sidecar) -> None:
+    with ConduitClient(sidecar.target) as client:
+        with pytest.raises(InvalidArgument) as bad:
+            client.route(Query(text=""))
+        assert bad.value.field == "text"
+        with pytest.raises(NotFound, match="no-such-query"):
+            client.record(FeedbackEvent("no-such-query", "thumbs", {"value": "up"}))
+        with pytest.raises(NoEligibleModel):
+            client.route(Query(text="hi", constraints=Constraints(max_cost_usd=1e-12)))
+        with pytest.raises(InvalidArgument) as signal:
+            client.record(FeedbackEvent("q", "smiley", {}))
+        assert signal.value.field == "signal_type"
+        # Spec compatibility: both are ValueErrors, as the library raises them.
+        assert issubclass(NotFound, ValueError) and issubclass(InvalidArgument, ValueError)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_nothing_listening_is_unavailable_after_bounded_retries() -> None:
+    started = time.monotonic()
+    with ConduitClient(f"127.0.0.1:{_closed_port()}", timeout_s=2.0, max_attempts=3) as client:
+        with pytest.raises(Unavailable, match="UNAVAILABLE"):
+            client.get_stats()
+    assert time.monotonic() - started < 5.0
+
+
+def test_feedback_retries_ride_out_a_sidecar_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'conduit.db'}"
+    first = Sidecar(["--store-url", url], tmp_path / "first.log")
+    port = first.port
+    with ConduitClient(first.target, timeout_s=30.0, max_attempts=100, backoff_s=0.1) as client:
+        decision = client.route(Query(text="before the restart"))
+        assert first.terminate() == 0
+        servers: list[Sidecar] = []
+
+        def restart() -> None:
+            time.sleep(1.0)
+            servers.append(Sidecar(["--listen", f"127.0.0.1:{port}", "--store-url", url],
+                                   tmp_path / "second.log"))  # fmt: skip
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        try:
+            result = client.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+            assert result.reward == 1.0 and not result.duplicate
+        finally:
+            thread.join()
+            for server in servers:
+                assert server.terminate() == 0
+
+
+def test_client_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="timeout_s"):
+        ConduitClient(timeout_s=0)
