@@ -79,6 +79,8 @@ def _stats(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.rounds < 10:
+        raise ConfigError(f"rounds: must be >= 10, got {args.rounds}")
     return asyncio.run(run_demo(rounds=args.rounds, seed=args.seed, policy=args.policy))
 
 

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         (OUT_DIR / name).unlink()
     for name, text in fresh.items():
         (OUT_DIR / name).write_text(text)
-    print(f"gen_proto: wrote {len(fresh)} files to {OUT_DIR.relative_to(ROOT)}")
+    print(f"gen_proto: wrote {len(fresh)} files to {OUT_DIR}")
     return 0
 
 

@@ -1,0 +1,74 @@
+"""`conduit-sidecar serve | stats | demo`."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+
+import pytest
+from grpc_fixtures import ROOT, Sidecar, sidecar
+
+from conduit_sidecar._proto import conduit_pb2 as pb
+from conduit_sidecar.cli import main
+from conduit_sidecar.demo import bar, run_demo
+
+__all__ = ["sidecar"]  # fixture imported for pytest
+
+
+def test_stats_prints_a_readable_table(sidecar: Sidecar) -> None:
+    with sidecar.channel() as channel:
+        stub = sidecar.stub(channel)
+        decision = stub.Route(pb.RouteRequest(text="count me"))
+        stub.Track(pb.TrackRequest(query_id=decision.query_id, cost_usd=0.004, latency_s=2.0))
+    result = subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "stats", "--target", sidecar.target],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["model", "selections", "share", "mean", "reward", "weight",
+                                "mean", "cost", "$", "mean", "lat", "s"]  # fmt: skip
+    assert set(lines[1]) <= {"-", " "}
+    row = next(line for line in lines if line.startswith(decision.selected_model + " "))
+    assert "%" in row
+    assert any(line.startswith("policy: linucb (version ") for line in lines)
+    assert any(line.startswith("pending queries: ") for line in lines)
+
+
+def test_stats_without_a_sidecar_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["stats", "--target", f"127.0.0.1:{port}", "--timeout-s", "1"])
+    assert code == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_serve_refuses_bad_settings_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--policy", "greedy"]) == 2
+    assert "policy: expected one of" in capsys.readouterr().err
+    assert main(["serve", "--feature-dim", "x"]) == 2
+    assert "feature_dim (--feature-dim): expected int" in capsys.readouterr().err
+
+
+async def test_demo_shows_routing_shift_with_a_progress_bar() -> None:
+    out = io.StringIO()
+    assert await run_demo(rounds=100, seed=1, out=out) == 0
+    text = out.getvalue()
+    bars = [line for line in text.splitlines() if line.startswith("[")]
+    assert len(bars) == 10
+    assert bars[-1].startswith(bar(100, 100)) and "100/100" in bars[-1]
+    assert "easy:" in bars[0] and "hard:" in bars[0]
+    assert "feedback: thumbs=100" in text
+
+
+def test_demo_refuses_too_few_rounds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--rounds", "3"]) == 2
+    assert "rounds: must be >= 10" in capsys.readouterr().err
+
+
+def test_bar() -> None:
+    assert bar(0, 10) == "[" + "-" * 24 + "]"
+    assert bar(5, 10) == "[" + "#" * 12 + "-" * 12 + "]"
