@@ -223,6 +223,16 @@ TARGETS = (
 )
 
 
+# select+update per call as quoted in issue 2 ("measured here for reference"), printed next
+# to this run's own baselines so the gap between the two is visible. Not used for verdicts.
+ISSUE_REFERENCE_US = {
+    (64, 5, BEST_NUMPY): 55.0,
+    (386, 5, BEST_NUMPY): 330.0,
+    (386, 5, "mabwiser"): 14500.0,
+    (386, 5, "c_f64"): 450.0,
+}
+
+
 def _fmt(s: CallStats | None) -> str:
     if s is None:
         return "-"
@@ -359,6 +369,17 @@ def main(argv: list[str] | None = None) -> int:
         mark = "n/a" if r is None else ("PASS" if r >= t.min_ratio else "FAIL")
         verdicts.append((t.label(), mark))
         print(f"{mark:<4} {t.label()}: measured {_fmt_ratio(r)}")
+    for (dim, k, column), ref_us in ISSUE_REFERENCE_US.items():
+        cell = next(
+            (c for c in cells if (c.op, c.dim, c.n_arms) == ("select+update", dim, k)), None
+        )
+        mine = None if cell is None else cell.median_us("conduit")
+        here = None if cell is None else cell.median_us(column)
+        if mine is not None and here is not None:
+            print(
+                f"info d={dim} K={k} {column}: issue's figure {ref_us:g} us, measured here "
+                f"{here:.1f} us; issue's figure / conduit = {ref_us / mine:.2f}x"
+            )
 
     overhead: dict[str, CallStats] = {}
     if missing is None:
