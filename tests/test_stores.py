@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 
 import numpy as np
 import pytest
@@ -389,3 +390,69 @@ async def test_an_unreachable_store_raises_unavailable(backend: str, tmp_path: o
     with pytest.raises(Unavailable):
         await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
     await store.close()
+
+
+async def test_replicas_sharing_a_store_apply_each_event_once(
+    durable_store_factory: StoreFactory,
+) -> None:
+    """Two sidecars (own Router, own store client) on one database: feedback may reach
+    either, and an event still counts exactly once across the two."""
+    first = make_collector(await durable_store_factory.open())
+    second = make_collector(await durable_store_factory.open())
+    decision = await routed(first)
+    await first.track(decision, cost=0.001, latency=0.5)
+    events = [
+        FeedbackEvent(decision.query_id, "rating", {"rating": 4}, idempotency_key="req-1")
+        for _ in range(100)
+    ]
+    results = await asyncio.gather(
+        *(collector.record(e) for e, collector in zip(events, [first, second] * 50, strict=True))
+    )
+    assert sum(not r.duplicate for r in results) == 1
+    total = arm(first, decision.selected_model)[0] + arm(second, decision.selected_model)[0]
+    assert total == 1.0
+    # The second replica sees the first one's Track (a repeat counts nothing).
+    await second.track(decision.query_id, cost=0.5, error=True)
+    pending = await second.store.get(decision.query_id)
+    assert pending is not None and pending.accumulators.cost_usd == 0.001
+
+
+async def test_redis_store_accepts_a_decoding_client(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    prefix = f"conduit-test-{uuid.uuid4().hex[:12]}:"
+    store = RedisFeedbackStore(Redis.from_url(redis_url, decode_responses=True), prefix=prefix)
+    try:
+        collector = make_collector(store)
+        decision = await routed(collector, session_id="s")
+        await collector.track(decision, cost=0.001, latency=0.2)
+        result = await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+        assert result.applied_weight == 1.0
+        assert await store.session_query_ids("s") == [decision.query_id]
+        assert (await collector.get_recent_feedback())[0].payload == {"value": "up"}
+    finally:
+        keys = [k async for k in store.redis.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await store.redis.delete(*keys)
+        await store.close()
+
+
+async def test_postgres_initialize_is_idempotent_and_safe_concurrently(
+    postgres_url: str,
+) -> None:
+    schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
+    stores = [PostgresFeedbackStore(database_url=postgres_url, schema=schema) for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.initialize() for s in stores))
+        await stores[0].initialize()
+        assert await stores[1].pending_count() == 0
+    finally:
+        for s in stores:
+            await s.close()
+        import asyncpg
+
+        conn = await asyncpg.connect(postgres_url)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+    with pytest.raises(ValueError, match="schema"):
+        PostgresFeedbackStore(database_url=postgres_url, schema="bad; DROP TABLE x")

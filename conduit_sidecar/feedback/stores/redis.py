@@ -60,6 +60,8 @@ local function create(qkey, mkey, skey, pkey, decision, sid, ttl, qid, now)
   redis.call('HSET', qkey, 'decision', decision, 'sid', sid, 'num', '0', 'den', '0',
              'weight', '0')
   redis.call('PEXPIRE', qkey, ttl)
+  -- Expired ids leave the index here (amortised over creations), not only when counted.
+  redis.call('ZREMRANGEBYSCORE', pkey, '-inf', now)
   redis.call('ZADD', pkey, now + ttl, qid)
   if sid ~= '' then
     redis.call('SADD', skey, qid)
@@ -163,7 +165,11 @@ def _num(value: float) -> str:
 
 
 class RedisFeedbackStore(FeedbackStore):
-    """Feedback state in Redis; pass a `redis.asyncio.Redis` client (decode or not)."""
+    """Feedback state in Redis; pass a `redis.asyncio.Redis` client (decoding or not).
+
+    `close()` closes that client. Calls beyond `max_concurrency` (default: the client pool's
+    size) wait for a free connection rather than fail.
+    """
 
     def __init__(
         self,
