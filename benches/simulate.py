@@ -54,7 +54,17 @@ WORDS = {
     "invariant induction lemma optimise gradient compiler bijection topology".split(),
 }
 WEIGHTS = PRESETS["balanced"]
-POLICIES = ("linucb", "lin_ts", "beta_ts", "ucb1", "epsilon_greedy")
+# Every policy with the PolicyConfig defaults, plus the two contextual ones with narrower
+# exploration (the defaults explore for a long time on rewards confined to [0, 1]).
+POLICIES: dict[str, dict[str, float]] = {
+    "linucb": {},
+    "lin_ts": {},
+    "beta_ts": {},
+    "ucb1": {},
+    "epsilon_greedy": {},
+    "linucb a=0.5": {"alpha": 0.5},
+    "lin_ts v=0.2": {"ts_scale": 0.2},
+}
 BASELINES = ("always-strong", "always-cheap", "random", "oracle")
 WINDOW = 200
 
@@ -108,7 +118,9 @@ async def play(name: str, rounds: list[Round], seed: int) -> list[str]:
         return [CHEAP] * len(rounds)
     if name == "oracle":
         return [oracle_choice(r) for r in rounds]
-    router = Router(list(MODELS), policy=PolicyConfig(kind=name, seed=seed))  # type: ignore[arg-type]
+    kind = name.split()[0]
+    config = PolicyConfig(kind=kind, seed=seed, **POLICIES.get(name, {}))  # type: ignore[arg-type]
+    router = Router(list(MODELS), policy=config)
     chosen = []
     for r in rounds:
         decision = await router.route(Query(text=r.text))
@@ -133,17 +145,19 @@ class Result:
     reward: float
     regret: float
     shares: dict[str, float]
-    curve: np.ndarray  # moving average of expected reward
+    agreement: float  # share of queries routed to the oracle's choice
+    curve: np.ndarray  # moving average of the share routed like the oracle
     cumulative_regret: np.ndarray
     seconds: float
 
 
 def evaluate(name: str, rounds_by_seed: list[list[Round]]) -> Result:
-    costs, qualities, rewards, regrets, choices = [], [], [], [], []
+    costs, qualities, rewards, regrets, choices, agree = [], [], [], [], [], []
     started = time.perf_counter()
     for seed, rounds in enumerate(rounds_by_seed):
         chosen = asyncio.run(play(name, rounds, seed))
         choices.extend(chosen)
+        agree.append([m == oracle_choice(r) for m, r in zip(chosen, rounds, strict=True)])
         costs.append(
             [call_cost_usd(m, r.text, r.category) for m, r in zip(chosen, rounds, strict=True)]
         )
@@ -156,7 +170,7 @@ def evaluate(name: str, rounds_by_seed: list[list[Round]]) -> Result:
             ]
         )
     seconds = time.perf_counter() - started
-    reward_arr = np.mean(np.array(rewards), axis=0)
+    agree_arr = np.mean(np.array(agree, dtype=np.float64), axis=0)
     kernel = np.ones(WINDOW) / WINDOW
     return Result(
         name=name,
@@ -165,7 +179,8 @@ def evaluate(name: str, rounds_by_seed: list[list[Round]]) -> Result:
         reward=float(np.mean(rewards)),
         regret=float(np.sum(regrets) / len(rounds_by_seed)),
         shares={m: choices.count(m) / len(choices) for m in MODELS},
-        curve=np.convolve(reward_arr, kernel, mode="valid"),
+        agreement=float(np.mean(agree_arr)),
+        curve=np.convolve(agree_arr, kernel, mode="valid"),
         cumulative_regret=np.cumsum(np.mean(np.array(regrets), axis=0)),
         seconds=seconds,
     )
@@ -173,26 +188,36 @@ def evaluate(name: str, rounds_by_seed: list[list[Round]]) -> Result:
 
 def plot(results: list[Result], path: Path, rounds: int, seeds: int) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for res in results:
+    palette = plt.get_cmap("tab10")
+    baseline_colours = {
+        "always-strong": "black",
+        "always-cheap": "darkcyan",
+        "random": "grey",
+        "oracle": "goldenrod",
+    }
+    for index, res in enumerate(results):
         style = "--" if res.name in BASELINES else "-"
+        colour = baseline_colours.get(res.name, palette(index % 10))
         x = np.arange(WINDOW, WINDOW + len(res.curve))
-        left.plot(x, res.curve, style, label=res.name, linewidth=1.4)
+        left.plot(x, res.curve, style, color=colour, label=res.name, linewidth=1.3)
         if res.name != "oracle":
-            right.plot(res.cumulative_regret, style, label=res.name, linewidth=1.4)
-    left.set_title(f"Expected reward, moving average over {WINDOW} queries")
+            right.plot(res.cumulative_regret, style, color=colour, label=res.name, linewidth=1.3)
+    left.set_title(f"Share routed to the oracle's model (moving average, {WINDOW} queries)")
     left.set_xlabel("query")
-    left.set_ylabel("expected balanced reward")
+    left.set_ylabel("share")
+    left.set_ylim(0.0, 1.02)
     right.set_title("Cumulative regret against the oracle")
     right.set_xlabel("query")
     right.set_ylabel("regret")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8, frameon=False)
     fig.suptitle(
         f"Conduit learning simulation: {', '.join(MODELS)}; {rounds} queries x {seeds} seeds",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.08, 1.0, 1.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -214,7 +239,7 @@ def main() -> None:
     )
     header = (
         f"{'policy':<15} {'cost $/query':>12} {'quality':>8} {'reward':>7} {'regret':>8} "
-        f"{'cheap':>6} {'mid':>6} {'strong':>6} {'wall s':>7}"
+        f"{'=oracle':>7} {'cheap':>6} {'mid':>6} {'strong':>6} {'wall s':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -222,8 +247,8 @@ def main() -> None:
         s = res.shares
         print(
             f"{res.name:<15} {res.cost_usd:>12.6f} {res.quality:>8.3f} {res.reward:>7.3f} "
-            f"{res.regret:>8.1f} {s[CHEAP]:>6.1%} {s[MID]:>6.1%} {s[STRONG]:>6.1%} "
-            f"{res.seconds:>7.2f}"
+            f"{res.regret:>8.1f} {res.agreement:>7.1%} "
+            f"{s[CHEAP]:>6.1%} {s[MID]:>6.1%} {s[STRONG]:>6.1%} {res.seconds:>7.2f}"
         )
     oracle = {c: oracle_choice(Round(c, " ".join(WORDS[c][:8]), 0.0)) for c in MIX}
     print(f"oracle choice per category: {oracle}")
