@@ -122,8 +122,11 @@ class Router:
         config = self._config(policy, feature_dim, seed, specs[0].id)
         self.feature_dim = config.dim
         try:
-            self.policy = BanditPolicy(config, list(self._specs))
             self._hasher = FeatureHasher(config.dim)
+        except CoreError as exc:
+            raise InvalidArgument("feature_dim", str(exc)) from None
+        try:
+            self.policy = BanditPolicy(config, list(self._specs))
         except CoreError as exc:
             raise InvalidArgument("policy", str(exc)) from None
         self._kind = config.kind

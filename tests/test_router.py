@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conduit_sidecar import Query, Router
 from conduit_sidecar.bandit import PolicyConfig
@@ -78,6 +80,7 @@ def test_policy_config_and_weights_are_configurable() -> None:
         (([CHEAP],), {"policy": "greedy"}, "policy"),
         (([CHEAP],), {"feature_dim": 0}, "feature_dim"),
         (([CHEAP],), {"feature_dim": 2.5}, "feature_dim"),
+        (([CHEAP],), {"feature_dim": 4}, "feature_dim"),  # below the hasher's minimum
         (([CHEAP],), {"reward_weights": "cheapest"}, "reward_weights"),
         (([CHEAP],), {"policy": PolicyConfig(dim=32), "feature_dim": 16}, "feature_dim"),
         (([CHEAP],), {"policy": PolicyConfig(alpha=-1.0)}, "policy"),
@@ -157,6 +160,32 @@ async def test_bad_queries_name_the_field(query: Query, field: str) -> None:
     assert info.value.field == field
     assert router.policy.version == version
     assert all(s.selections == 0 for s in router.stats().values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.text(min_size=1, max_size=400).filter(lambda t: not t.isspace()),
+    preference=st.sampled_from([None, "balanced", "quality", "cost", "speed"]),
+)
+def test_any_text_routes_to_a_valid_decision(text: str, preference: str | None) -> None:
+    router = ROUTER_FOR_PROPERTIES
+    decision = router.decide(Query(text=text, preference=preference))
+    assert decision.selected_model in decision.scores
+    assert 0.0 <= decision.confidence <= 1.0
+    assert 0.0 < decision.propensity <= 1.0
+    assert all(math.isfinite(v) for v in decision.features)
+    assert all(math.isfinite(v) for v in decision.scores.values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=64, max_size=64))
+def test_any_finite_caller_features_route(features: list[float]) -> None:
+    decision = ROUTER_FOR_PROPERTIES.decide(Query(text="q", features=features))
+    assert decision.features == features
+    assert 0.0 <= decision.confidence <= 1.0
+
+
+ROUTER_FOR_PROPERTIES = Router([CHEAP, MID, STRONG])
 
 
 async def test_text_at_the_limit_is_accepted() -> None:
