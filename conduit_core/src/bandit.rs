@@ -1,0 +1,288 @@
+//! `Bandit`: a policy's arms, statistics and random stream, and the operations on them.
+//! Every operation validates all of its inputs before it changes anything, so a refused call
+//! leaves the statistics exactly as they were.
+
+use std::collections::HashMap;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::arm::Arm;
+use crate::error::{CoreError, CoreResult};
+use crate::policies;
+use crate::policy::{ArmStats, PolicyConfig, Selection};
+
+/// A contextual-bandit policy over named arms.
+///
+/// Discounting (`discount < 1`): each new observation of an arm first multiplies that arm's
+/// statistics (`A` including its ridge, `b`, `Σw`, `Σw·r`) by `discount`; other arms are not
+/// touched. A `reapply` that replaces an existing observation (`old_weight > 0`) is not a new
+/// observation and does not discount. Deltas exchanged between replicas carry undiscounted
+/// sums: a merged delta is added as it is and then decays with the receiver's later updates.
+#[derive(Debug, Clone)]
+pub struct Bandit {
+    pub(crate) config: PolicyConfig,
+    pub(crate) arms: Vec<Arm>,
+    pub(crate) index: HashMap<String, usize>,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) version: u64,
+    scratch: Vec<f64>,
+    candidates: Vec<usize>,
+}
+
+pub(crate) fn check_features(x: &[f64], dim: usize) -> CoreResult<()> {
+    if x.len() != dim {
+        return Err(CoreError::invalid(
+            "features",
+            format!("expected {dim} values, got {}", x.len()),
+        ));
+    }
+    if let Some(pos) = x.iter().position(|v| !v.is_finite()) {
+        return Err(CoreError::invalid(
+            "features",
+            format!("value at index {pos} is not finite ({})", x[pos]),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_unit(field: &'static str, v: f64) -> CoreResult<()> {
+    if v.is_finite() && (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(CoreError::invalid(
+            field,
+            format!("must be in [0, 1], got {v}"),
+        ))
+    }
+}
+
+pub(crate) fn check_arm_name(name: &str) -> CoreResult<()> {
+    if name.is_empty() || name.len() > 1024 {
+        return Err(CoreError::invalid("arm", "name must have 1 to 1024 bytes"));
+    }
+    Ok(())
+}
+
+impl Bandit {
+    /// A policy with fresh statistics for `arms`.
+    pub fn new(config: PolicyConfig, arms: &[&str]) -> CoreResult<Self> {
+        config.validate()?;
+        if arms.is_empty() {
+            return Err(CoreError::invalid("arms", "must not be empty"));
+        }
+        let mut bandit = Bandit::with_arms(config, Vec::new());
+        for name in arms {
+            bandit.add_arm(name)?;
+        }
+        bandit.version = 0;
+        Ok(bandit)
+    }
+
+    pub(crate) fn with_arms(config: PolicyConfig, arms: Vec<Arm>) -> Self {
+        let index = arms
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name.clone(), i))
+            .collect();
+        let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let dim = config.dim;
+        Bandit {
+            config,
+            arms,
+            index,
+            rng,
+            version: 0,
+            scratch: vec![0.0; dim],
+            candidates: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Arm names in insertion order.
+    pub fn arm_names(&self) -> impl Iterator<Item = &str> {
+        self.arms.iter().map(|a| a.name.as_str())
+    }
+
+    pub fn arm_name(&self, idx: usize) -> &str {
+        &self.arms[idx].name
+    }
+
+    pub fn arm_stats(&self) -> Vec<(&str, ArmStats)> {
+        self.arms
+            .iter()
+            .map(|a| (a.name.as_str(), a.stats()))
+            .collect()
+    }
+
+    /// `θ` of a linear arm (`None` for other policies).
+    pub fn theta(&self, arm: &str) -> CoreResult<Option<&[f64]>> {
+        let i = self.arm_index(arm)?;
+        Ok(self.arms[i].linear.as_ref().map(|l| l.theta()))
+    }
+
+    /// The linear arm itself, for tests and benchmarks.
+    pub fn linear_stats_mut(
+        &mut self,
+        arm: &str,
+    ) -> CoreResult<Option<&mut crate::linear::LinearStats>> {
+        let i = self.arm_index(arm)?;
+        Ok(self.arms[i].linear.as_mut())
+    }
+
+    pub(crate) fn arm_index(&self, name: &str) -> CoreResult<usize> {
+        self.index
+            .get(name)
+            .copied()
+            .ok_or_else(|| CoreError::UnknownArm(name.to_owned()))
+    }
+
+    pub(crate) fn new_arm(&self, name: String) -> Arm {
+        let linear = self
+            .config
+            .kind
+            .is_linear()
+            .then_some((self.config.dim, self.config.ridge));
+        Arm::new(name, linear)
+    }
+
+    /// Adds an arm with fresh statistics; the other arms are untouched.
+    pub fn add_arm(&mut self, name: &str) -> CoreResult<()> {
+        check_arm_name(name)?;
+        if self.index.contains_key(name) {
+            return Err(CoreError::DuplicateArm(name.to_owned()));
+        }
+        let arm = self.new_arm(name.to_owned());
+        self.index.insert(name.to_owned(), self.arms.len());
+        self.arms.push(arm);
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Removes an arm and its statistics (including its not-yet-taken delta); the other arms
+    /// are untouched. The last arm cannot be removed.
+    pub fn remove_arm(&mut self, name: &str) -> CoreResult<()> {
+        let i = self.arm_index(name)?;
+        if self.arms.len() == 1 {
+            return Err(CoreError::invalid("arm", "cannot remove the last arm"));
+        }
+        self.arms.remove(i);
+        self.index = self
+            .arms
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name.clone(), i))
+            .collect();
+        self.version += 1;
+        Ok(())
+    }
+
+    fn resolve_candidates(&mut self, allowed: Option<&[&str]>) -> CoreResult<()> {
+        self.candidates.clear();
+        match allowed {
+            None => self.candidates.extend(0..self.arms.len()),
+            Some(names) => {
+                if names.is_empty() {
+                    return Err(CoreError::invalid("allowed", "must not be empty"));
+                }
+                for name in names {
+                    let i = self.arm_index(name)?;
+                    if self.candidates.contains(&i) {
+                        return Err(CoreError::invalid(
+                            "allowed",
+                            format!("duplicate arm {name:?}"),
+                        ));
+                    }
+                    self.candidates.push(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Chooses an arm among `allowed` (all arms when `None`) for context `x`.
+    pub fn select(&mut self, x: &[f64], allowed: Option<&[&str]>) -> CoreResult<Selection> {
+        check_features(x, self.config.dim)?;
+        self.resolve_candidates(allowed)?;
+        let mut ctx = policies::Ctx {
+            cfg: &self.config,
+            arms: &self.arms,
+            cand: &self.candidates,
+            x,
+            rng: &mut self.rng,
+        };
+        Ok(policies::select(&mut ctx))
+    }
+
+    /// Adds one observation `(x, reward, weight)` to `arm`.
+    pub fn update(&mut self, arm: &str, x: &[f64], reward: f64, weight: f64) -> CoreResult<()> {
+        let i = self.arm_index(arm)?;
+        check_features(x, self.config.dim)?;
+        check_unit("reward", reward)?;
+        check_unit("weight", weight)?;
+        self.apply(i, x, weight, weight * reward, 1, true);
+        Ok(())
+    }
+
+    /// Replaces an observation `(x, old_reward, old_weight)` of `arm` by
+    /// `(x, new_reward, new_weight)`: `A += (w'−w)·x·xᵀ`, `b += (w'r' − wr)·x`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reapply(
+        &mut self,
+        arm: &str,
+        x: &[f64],
+        old_reward: f64,
+        old_weight: f64,
+        new_reward: f64,
+        new_weight: f64,
+    ) -> CoreResult<()> {
+        let i = self.arm_index(arm)?;
+        check_features(x, self.config.dim)?;
+        check_unit("old_reward", old_reward)?;
+        check_unit("old_weight", old_weight)?;
+        check_unit("new_reward", new_reward)?;
+        check_unit("new_weight", new_weight)?;
+        let dw = new_weight - old_weight;
+        let c = new_weight * new_reward - old_weight * old_reward;
+        let fresh = old_weight == 0.0;
+        if !fresh {
+            // A downdate must leave the arm's statistics valid; check before touching them.
+            let s = &self.arms[i].sums;
+            if s.weight_sum + dw < -1e-9 * s.weight_sum.abs().max(1.0) {
+                return Err(CoreError::invalid(
+                    "old_weight",
+                    "larger than the weight this arm holds: the old observation was never applied",
+                ));
+            }
+            if let Some(lin) = &self.arms[i].linear {
+                lin.check_rank1(x, dw, &mut self.scratch)?;
+            }
+        }
+        if dw == 0.0 && c == 0.0 {
+            return Ok(());
+        }
+        self.apply(i, x, dw, c, u64::from(fresh && new_weight > 0.0), fresh);
+        Ok(())
+    }
+
+    fn apply(&mut self, i: usize, x: &[f64], dw: f64, c: f64, new_obs: u64, discount: bool) {
+        let refactor_every = self.config.refactor_every;
+        let arm = &mut self.arms[i];
+        if discount {
+            arm.discount(self.config.discount);
+        }
+        arm.sums.add(dw, c, new_obs);
+        arm.delta.add(dw, c, new_obs);
+        if let Some(lin) = &mut arm.linear {
+            lin.apply(x, dw, c, refactor_every, &mut self.scratch);
+        }
+        self.version += 1;
+    }
+}

@@ -1,0 +1,164 @@
+//! Additive deltas exchanged between replicas (`take_delta` / `merge_delta`).
+//!
+//! A delta holds, per arm touched since the last take, the sums it applied locally:
+//! `Σ dw·x·xᵀ` (packed) and `Σ c·x` for linear policies, `Σ dw`, `Σ c` and the count of new
+//! observations for all. Adding a delta to another replica gives that replica the statistics
+//! of one process that saw both streams. Merged deltas are not recorded in the receiver's own
+//! delta, so they are never sent back (no echo). With `discount < 1` the sums are
+//! undiscounted; see [`Bandit`] for how they then decay.
+//!
+//! Layout (little-endian): magic `CNDTDLTA`, format u16, linear flag u8, dim u64, arm count
+//! u32, per arm: name, `Σ dw`, `Σ c`, count, then for linear deltas the packed matrix and
+//! the vector; a CRC-32 of all of it.
+
+use crate::arm::{Arm, ScalarSums};
+use crate::bandit::{check_arm_name, Bandit};
+use crate::codec::{Reader, Writer};
+use crate::error::{CoreError, CoreResult};
+use crate::kernels::packed_len;
+
+const MAGIC: &[u8; 8] = b"CNDTDLTA";
+const FORMAT_VERSION: u16 = 1;
+
+struct ArmDelta {
+    name: String,
+    sums: ScalarSums,
+    linear: Option<(Vec<f64>, Vec<f64>)>,
+}
+
+impl Bandit {
+    /// The additive statistics applied locally since the previous call, then reset.
+    pub fn take_delta(&mut self) -> Vec<u8> {
+        let linear = self.config.kind.is_linear();
+        let dim = self.config.dim;
+        let mut w = Writer::default();
+        w.bytes(MAGIC);
+        w.u16(FORMAT_VERSION);
+        w.u8(u8::from(linear));
+        w.u64(dim as u64);
+        let touched: Vec<usize> = (0..self.arms.len())
+            .filter(|&i| {
+                let d = &self.arms[i].delta;
+                d.updates > 0 || d.weight_sum != 0.0 || d.reward_sum != 0.0
+            })
+            .collect();
+        w.u32(touched.len() as u32);
+        for i in touched {
+            let arm = &mut self.arms[i];
+            w.str(&arm.name);
+            w.f64(arm.delta.weight_sum);
+            w.f64(arm.delta.reward_sum);
+            w.u64(arm.delta.updates);
+            arm.delta = ScalarSums::default();
+            if let Some(lin) = &mut arm.linear {
+                let (xx, rx) = lin.take_delta();
+                w.f64s(&xx);
+                w.f64s(&rx);
+            }
+        }
+        w.finish()
+    }
+
+    fn parse_delta(&self, data: &[u8]) -> CoreResult<Vec<ArmDelta>> {
+        let mut r = Reader::open(data, MAGIC, "delta")?;
+        let format = r.u16()?;
+        if format != FORMAT_VERSION {
+            return Err(CoreError::corrupt(
+                "delta",
+                format!("format version {format} is not supported"),
+            ));
+        }
+        let linear = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(CoreError::corrupt("delta", "bad policy-family flag")),
+        };
+        if linear != self.config.kind.is_linear() {
+            return Err(CoreError::invalid(
+                "delta",
+                format!(
+                    "comes from a {} policy; this {} policy keeps {} statistics",
+                    if linear { "linear" } else { "non-linear" },
+                    self.config.kind.name(),
+                    if self.config.kind.is_linear() {
+                        "linear"
+                    } else {
+                        "scalar"
+                    }
+                ),
+            ));
+        }
+        let dim = r.u64()?;
+        if dim != self.config.dim as u64 {
+            return Err(CoreError::invalid(
+                "delta",
+                format!(
+                    "dimension {dim} does not match this policy's dimension {}",
+                    self.config.dim
+                ),
+            ));
+        }
+        let n = r.u32()? as usize;
+        let mut out: Vec<ArmDelta> = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let name = r.str("arm")?;
+            check_arm_name(&name).map_err(|e| CoreError::corrupt("arm", e.to_string()))?;
+            if out.iter().any(|d| d.name == name) {
+                return Err(CoreError::corrupt("arm", format!("duplicate arm {name:?}")));
+            }
+            let sums = ScalarSums {
+                weight_sum: r.f64("weight_sum")?,
+                reward_sum: r.f64("reward_sum")?,
+                updates: r.u64()?,
+            };
+            let lin = if linear {
+                let d = self.config.dim;
+                Some((r.f64s(packed_len(d), "delta")?, r.f64s(d, "delta")?))
+            } else {
+                None
+            };
+            out.push(ArmDelta {
+                name,
+                sums,
+                linear: lin,
+            });
+        }
+        r.end()?;
+        Ok(out)
+    }
+
+    /// Adds another replica's delta: arms unknown here are added fresh first, touched linear
+    /// arms are re-factorised exactly. All or nothing: on any error nothing changes.
+    pub fn merge_delta(&mut self, data: &[u8]) -> CoreResult<()> {
+        let deltas = self.parse_delta(data)?;
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        // Build every merged arm aside, then commit, so a failure leaves the policy as it was.
+        let mut staged: Vec<(Option<usize>, Arm)> = Vec::with_capacity(deltas.len());
+        for d in deltas {
+            let existing = self.index.get(&d.name).copied();
+            let mut arm = match existing {
+                Some(i) => self.arms[i].clone(),
+                None => self.new_arm(d.name.clone()),
+            };
+            arm.sums
+                .add(d.sums.weight_sum, d.sums.reward_sum, d.sums.updates);
+            if let (Some(lin), Some((xx, rx))) = (&mut arm.linear, &d.linear) {
+                lin.merge(xx, rx)?;
+            }
+            staged.push((existing, arm));
+        }
+        for (slot, arm) in staged {
+            match slot {
+                Some(i) => self.arms[i] = arm,
+                None => {
+                    self.index.insert(arm.name.clone(), self.arms.len());
+                    self.arms.push(arm);
+                }
+            }
+        }
+        self.version += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,271 @@
+//! Per-arm statistics of the linear policies (LinUCB, linear Thompson sampling):
+//! `A = λI + Σ w·x·xᵀ` and `b = Σ w·r·x`, with `A⁻¹` kept by weighted Sherman–Morrison and
+//! `θ = A⁻¹b` cached, both packed (see `kernels`).
+//!
+//! Two tricks keep the hot path at one read of `A⁻¹` (select) and one read plus one write
+//! (update):
+//! - the rank-1 terms for `A` are buffered and folded in `PENDING` at a time, so `A` (which
+//!   only the exact re-factorisation, snapshots and merges read) costs one pass per batch;
+//! - discounting is a lazy scalar: the true matrices are `scale·A` and `A⁻¹/scale`, so
+//!   forgetting costs O(1) instead of a pass over both matrices.
+
+use crate::error::{CoreError, CoreResult};
+use crate::kernels::{
+    axpy, dot, packed_len, packed_scaled_identity, quad_form, rank1_update, sym_matvec,
+};
+use crate::linalg::invert_spd_packed;
+
+/// Rank-1 terms buffered before they are folded into `A` in one pass.
+pub const PENDING: usize = 16;
+
+/// Below this Sherman–Morrison denominator `1 + w·xᵀA⁻¹x` a downdate loses too many digits;
+/// the arm is then re-factorised exactly from `A` instead.
+const MIN_SM_DENOMINATOR: f64 = 1e-2;
+
+/// Lazy scales below this are folded into the stored matrices to stay clear of underflow.
+const MIN_SCALE: f64 = 1e-150;
+
+/// A linear arm's sufficient statistics and the caches derived from them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearStats {
+    pub(crate) dim: usize,
+    /// Stored `A` (packed); the true matrix is `scale * a` plus the pending terms.
+    pub(crate) a: Vec<f64>,
+    /// Stored `A⁻¹` (packed); the true inverse is `a_inv / scale`.
+    pub(crate) a_inv: Vec<f64>,
+    pub(crate) b: Vec<f64>,
+    pub(crate) theta: Vec<f64>,
+    pub(crate) scale: f64,
+    /// Sherman–Morrison steps since the last exact factorisation.
+    pub(crate) since_refactor: u64,
+    /// Buffered rank-1 terms for `a`: weights already divided by `scale`, vectors row-major.
+    pub(crate) pending_w: Vec<f64>,
+    pub(crate) pending_x: Vec<f64>,
+    /// The same buffered terms with their raw (unscaled) weights, for `delta_xx`.
+    pub(crate) pending_raw: Vec<f64>,
+    /// `Σ dw·x·xᵀ` (packed) and `Σ c·x` applied locally since the last `take_delta`.
+    pub(crate) delta_xx: Vec<f64>,
+    pub(crate) delta_rx: Vec<f64>,
+}
+
+impl LinearStats {
+    /// Fresh statistics: `A = ridge·I`, `b = 0`.
+    pub fn new(dim: usize, ridge: f64) -> Self {
+        LinearStats {
+            dim,
+            a: packed_scaled_identity(dim, ridge),
+            a_inv: packed_scaled_identity(dim, 1.0 / ridge),
+            b: vec![0.0; dim],
+            theta: vec![0.0; dim],
+            scale: 1.0,
+            since_refactor: 0,
+            pending_w: Vec::with_capacity(PENDING),
+            pending_x: Vec::with_capacity(PENDING * dim),
+            pending_raw: Vec::with_capacity(PENDING),
+            delta_xx: vec![0.0; packed_len(dim)],
+            delta_rx: vec![0.0; dim],
+        }
+    }
+
+    /// `θᵀx`, the posterior mean of the arm's reward at `x`.
+    #[inline]
+    pub fn mean(&self, x: &[f64]) -> f64 {
+        dot(&self.theta, x)
+    }
+
+    /// `xᵀA⁻¹x`, the squared posterior width at `x` (before any exploration multiplier).
+    #[inline]
+    pub fn width_sq(&self, x: &[f64]) -> f64 {
+        (quad_form(&self.a_inv, x) / self.scale).max(0.0)
+    }
+
+    /// The cached `θ`.
+    pub fn theta(&self) -> &[f64] {
+        &self.theta
+    }
+
+    /// Multiplies every statistic by `gamma` (exponential forgetting) in O(d).
+    pub fn discount(&mut self, gamma: f64) {
+        if gamma == 1.0 {
+            return;
+        }
+        self.scale *= gamma;
+        for v in &mut self.b {
+            *v *= gamma;
+        }
+        // θ = (γA)⁻¹(γb) is unchanged.
+        if self.scale < MIN_SCALE {
+            self.fold_scale();
+        }
+    }
+
+    /// Checks that adding `dw·x·xᵀ` keeps `A` positive definite, without changing anything.
+    /// Only a negative `dw` (a downdate) can fail.
+    pub fn check_rank1(&self, x: &[f64], dw: f64, scratch: &mut [f64]) -> CoreResult<()> {
+        if dw >= 0.0 {
+            return Ok(());
+        }
+        sym_matvec(&self.a_inv, x, scratch);
+        let q = dot(x, &scratch[..self.dim]) / self.scale;
+        if 1.0 + dw * q <= 0.0 {
+            return Err(CoreError::invalid(
+                "old_weight",
+                "removing this observation would leave the arm's matrix singular: \
+                 the old (reward, weight) was never applied to this arm",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `A += dw·x·xᵀ`, `b += c·x`, keeping `A⁻¹` and `θ` in step. `u` is scratch of length d.
+    /// The caller has validated the inputs (and, for `dw < 0`, called [`Self::check_rank1`]).
+    pub fn apply(&mut self, x: &[f64], dw: f64, c: f64, refactor_every: u64, u: &mut [f64]) {
+        let d = self.dim;
+        let u = &mut u[..d];
+        if dw != 0.0 {
+            let w_st = dw / self.scale;
+            sym_matvec(&self.a_inv, x, u);
+            let q_st = dot(x, u);
+            let denom = 1.0 + w_st * q_st;
+            let x_theta = dot(x, &self.theta);
+            self.push_pending(w_st, dw, x);
+            axpy(c, x, &mut self.b);
+            axpy(c, x, &mut self.delta_rx);
+            if denom < MIN_SM_DENOMINATOR || !denom.is_finite() {
+                self.refactor();
+                return;
+            }
+            rank1_update(&mut self.a_inv, -w_st / denom, u);
+            // θ' = θ + A⁻¹x (c − dw·xᵀθ) / (1 + dw·xᵀA⁻¹x), with A⁻¹x = u / scale.
+            let step = (c - dw * x_theta) / (denom * self.scale);
+            axpy(step, u, &mut self.theta);
+            self.since_refactor += 1;
+            if self.since_refactor >= refactor_every {
+                self.refactor();
+            }
+        } else if c != 0.0 {
+            axpy(c, x, &mut self.b);
+            axpy(c, x, &mut self.delta_rx);
+            sym_matvec(&self.a_inv, x, u);
+            axpy(c / self.scale, u, &mut self.theta);
+        }
+    }
+
+    fn push_pending(&mut self, w_st: f64, dw: f64, x: &[f64]) {
+        self.pending_w.push(w_st);
+        self.pending_raw.push(dw);
+        self.pending_x.extend_from_slice(x);
+        if self.pending_w.len() >= PENDING {
+            self.flush();
+        }
+    }
+
+    /// Folds the buffered rank-1 terms into `a` and `delta_xx` in one pass over each.
+    pub fn flush(&mut self) {
+        let d = self.dim;
+        let n = self.pending_w.len();
+        if n == 0 {
+            return;
+        }
+        let mut off = 0;
+        for i in 0..d {
+            let len = d - i;
+            let row = &mut self.a[off..off + len];
+            let drow = &mut self.delta_xx[off..off + len];
+            for p in 0..n {
+                let xp = &self.pending_x[p * d..(p + 1) * d];
+                if xp[i] != 0.0 {
+                    axpy(self.pending_w[p] * xp[i], &xp[i..], row);
+                    axpy(self.pending_raw[p] * xp[i], &xp[i..], drow);
+                }
+            }
+            off += len;
+        }
+        self.pending_w.clear();
+        self.pending_raw.clear();
+        self.pending_x.clear();
+    }
+
+    /// Returns `(Σ dw·x·xᵀ, Σ c·x)` accumulated since the last call and resets both.
+    pub fn take_delta(&mut self) -> (Vec<f64>, Vec<f64>) {
+        self.flush();
+        let xx = std::mem::replace(&mut self.delta_xx, vec![0.0; packed_len(self.dim)]);
+        let rx = std::mem::replace(&mut self.delta_rx, vec![0.0; self.dim]);
+        (xx, rx)
+    }
+
+    fn fold_scale(&mut self) {
+        self.flush();
+        let s = self.scale;
+        for v in &mut self.a {
+            *v *= s;
+        }
+        for v in &mut self.a_inv {
+            *v /= s;
+        }
+        self.scale = 1.0;
+    }
+
+    /// The true `A` (packed), pending terms folded in.
+    pub fn a_matrix(&mut self) -> Vec<f64> {
+        self.flush();
+        let s = self.scale;
+        self.a.iter().map(|v| v * s).collect()
+    }
+
+    /// The true `A⁻¹` (packed).
+    pub fn a_inv_matrix(&self) -> Vec<f64> {
+        let s = self.scale;
+        self.a_inv.iter().map(|v| v / s).collect()
+    }
+
+    /// The true `b`.
+    pub fn b(&self) -> &[f64] {
+        &self.b
+    }
+
+    /// Adds `xx` (packed `Σ w·x·xᵀ`) and `rx` (`Σ w·r·x`) from another replica and
+    /// re-factorises exactly. Fails, leaving everything unchanged, if the sum is not SPD.
+    pub fn merge(&mut self, xx: &[f64], rx: &[f64]) -> CoreResult<()> {
+        self.fold_scale();
+        let a: Vec<f64> = self.a.iter().zip(xx).map(|(a, m)| a + m).collect();
+        let a_inv = invert_spd_packed(&a, self.dim).ok_or_else(|| {
+            CoreError::corrupt("delta", "merged statistics are not positive definite")
+        })?;
+        self.a = a;
+        self.a_inv = a_inv;
+        for (b, r) in self.b.iter_mut().zip(rx) {
+            *b += r;
+        }
+        self.refresh_theta();
+        self.since_refactor = 0;
+        Ok(())
+    }
+
+    /// Exact re-factorisation: `A⁻¹` recomputed from `A` by Cholesky, `θ = A⁻¹b`.
+    pub fn refactor(&mut self) {
+        self.fold_scale();
+        // `A ⪰ λI` always holds for consistent bookkeeping, so the factorisation succeeds;
+        // if rounding ever made it fail, the Sherman–Morrison inverse is kept as it is.
+        if let Some(inv) = invert_spd_packed(&self.a, self.dim) {
+            self.a_inv = inv;
+            self.refresh_theta();
+        }
+        self.since_refactor = 0;
+    }
+
+    fn refresh_theta(&mut self) {
+        let mut theta = vec![0.0; self.dim];
+        sym_matvec(&self.a_inv, &self.b, &mut theta);
+        let s = self.scale;
+        for v in &mut theta {
+            *v /= s;
+        }
+        self.theta = theta;
+    }
+
+    /// Number of packed entries per matrix (for snapshots).
+    pub fn packed_len(&self) -> usize {
+        packed_len(self.dim)
+    }
+}

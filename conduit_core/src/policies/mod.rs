@@ -1,0 +1,103 @@
+//! The selection rules, one file each, and what they share: the candidate set, the
+//! deterministic argmax and the Monte-Carlo propensity estimate.
+
+mod beta_ts;
+mod epsilon_greedy;
+mod fixed;
+mod lin_ts;
+mod linucb;
+mod random;
+mod ucb1;
+
+use rand_chacha::ChaCha8Rng;
+
+use crate::arm::Arm;
+use crate::policy::{PolicyConfig, PolicyKind, Selection};
+
+/// What a selection rule sees: the candidate arms (indices into `arms`, never empty) and `x`.
+pub(crate) struct Ctx<'a> {
+    pub cfg: &'a PolicyConfig,
+    pub arms: &'a [Arm],
+    pub cand: &'a [usize],
+    pub x: &'a [f64],
+    pub rng: &'a mut ChaCha8Rng,
+}
+
+impl Ctx<'_> {
+    /// Builds the `Selection` for candidate position `pos`.
+    pub fn choose(
+        &self,
+        pos: usize,
+        scores: &[f64],
+        propensity: f64,
+        uncertainty: f64,
+    ) -> Selection {
+        Selection {
+            arm: self.cand[pos],
+            scores: self
+                .cand
+                .iter()
+                .copied()
+                .zip(scores.iter().copied())
+                .collect(),
+            propensity,
+            uncertainty: uncertainty.max(0.0),
+        }
+    }
+}
+
+/// Position of the largest score; ties go to the earliest candidate, so the choice (and a
+/// propensity of exactly 1) is deterministic.
+pub(crate) fn argmax(scores: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, s) in scores.iter().enumerate().skip(1) {
+        if *s > scores[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Seeded Monte-Carlo estimate of the probability that a fresh draw of every candidate's
+/// score picks position `chosen`. The decision actually taken counts as one of the draws, so
+/// the estimate is never 0 for the arm that was chosen.
+pub(crate) fn mc_propensity(
+    chosen: usize,
+    n_cand: usize,
+    samples: u32,
+    rng: &mut ChaCha8Rng,
+    mut draw: impl FnMut(usize, &mut ChaCha8Rng) -> f64,
+) -> f64 {
+    let mut wins: u64 = 1;
+    for _ in 0..samples {
+        let mut best = 0;
+        let mut best_score = f64::NEG_INFINITY;
+        for k in 0..n_cand {
+            let s = draw(k, rng);
+            if s > best_score {
+                best = k;
+                best_score = s;
+            }
+        }
+        wins += u64::from(best == chosen);
+    }
+    wins as f64 / (f64::from(samples) + 1.0)
+}
+
+pub(crate) fn select(ctx: &mut Ctx<'_>) -> Selection {
+    match ctx.cfg.kind {
+        PolicyKind::LinUcb => linucb::select(ctx),
+        PolicyKind::LinTs => lin_ts::select(ctx),
+        PolicyKind::BetaTs => beta_ts::select(ctx),
+        PolicyKind::Ucb1 => ucb1::select(ctx),
+        PolicyKind::EpsilonGreedy => epsilon_greedy::select(ctx),
+        PolicyKind::Random => random::select(ctx),
+        PolicyKind::Fixed => fixed::select(ctx),
+    }
+}
+
+/// Mean reward of a scalar arm with one pseudo-observation at 1/2, so an arm never seen
+/// still has a finite, neutral score.
+pub(crate) fn smoothed_mean(arm: &Arm) -> f64 {
+    ((arm.sums.reward_sum + 0.5) / (arm.sums.weight_sum + 1.0)).clamp(0.0, 1.0)
+}

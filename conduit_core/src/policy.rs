@@ -1,0 +1,206 @@
+//! Policy configuration and the values a policy hands back; shared by every policy module.
+
+use crate::error::{CoreError, CoreResult};
+
+/// Which selection rule a [`crate::bandit::Bandit`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    LinUcb,
+    LinTs,
+    BetaTs,
+    Ucb1,
+    EpsilonGreedy,
+    Random,
+    Fixed,
+}
+
+impl PolicyKind {
+    /// Every kind, in snapshot-code order.
+    pub const ALL: [PolicyKind; 7] = [
+        PolicyKind::LinUcb,
+        PolicyKind::LinTs,
+        PolicyKind::BetaTs,
+        PolicyKind::Ucb1,
+        PolicyKind::EpsilonGreedy,
+        PolicyKind::Random,
+        PolicyKind::Fixed,
+    ];
+
+    /// The name used by the Python API.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::LinUcb => "linucb",
+            PolicyKind::LinTs => "lin_ts",
+            PolicyKind::BetaTs => "beta_ts",
+            PolicyKind::Ucb1 => "ucb1",
+            PolicyKind::EpsilonGreedy => "epsilon_greedy",
+            PolicyKind::Random => "random",
+            PolicyKind::Fixed => "fixed",
+        }
+    }
+
+    /// Parses a Python-API name.
+    pub fn parse(name: &str) -> CoreResult<Self> {
+        PolicyKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.name()).collect();
+                CoreError::invalid(
+                    "kind",
+                    format!("unknown policy kind {name:?}; expected one of {names:?}"),
+                )
+            })
+    }
+
+    /// Stable one-byte code for snapshots.
+    pub fn code(self) -> u8 {
+        PolicyKind::ALL.iter().position(|k| *k == self).unwrap_or(0) as u8
+    }
+
+    /// Inverse of [`Self::code`].
+    pub fn from_code(code: u8) -> CoreResult<Self> {
+        PolicyKind::ALL
+            .get(usize::from(code))
+            .copied()
+            .ok_or_else(|| CoreError::corrupt("kind", format!("unknown policy kind code {code}")))
+    }
+
+    /// Whether the policy keeps `A`, `b` per arm (the others keep only scalar sums).
+    pub fn is_linear(self) -> bool {
+        matches!(self, PolicyKind::LinUcb | PolicyKind::LinTs)
+    }
+}
+
+/// Every tunable of every policy; each policy reads the ones it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    pub kind: PolicyKind,
+    /// Feature dimension d (bias term included).
+    pub dim: usize,
+    /// LinUCB width multiplier / UCB1 exploration constant.
+    pub alpha: f64,
+    /// λ in `A = λI + Σ w·x·xᵀ`.
+    pub ridge: f64,
+    pub epsilon: f64,
+    /// v in `θ ~ N(θ̂, v²A⁻¹)`.
+    pub ts_scale: f64,
+    pub prior_alpha: f64,
+    pub prior_beta: f64,
+    /// Per-update forgetting factor in (0, 1]; 1 keeps everything.
+    pub discount: f64,
+    /// Sherman–Morrison steps per arm between exact re-factorisations.
+    pub refactor_every: u64,
+    /// Monte-Carlo draws for Thompson-sampling propensities.
+    pub mc_samples: u32,
+    pub seed: u64,
+    pub fixed_arm: Option<String>,
+}
+
+impl PolicyConfig {
+    /// The defaults of the Python `PolicyConfig` for `kind` and `dim`.
+    pub fn new(kind: PolicyKind, dim: usize) -> Self {
+        PolicyConfig {
+            kind,
+            dim,
+            alpha: 1.0,
+            ridge: 1.0,
+            epsilon: 0.1,
+            ts_scale: 0.5,
+            prior_alpha: 1.0,
+            prior_beta: 1.0,
+            discount: 1.0,
+            refactor_every: 1000,
+            mc_samples: 200,
+            seed: 0,
+            fixed_arm: None,
+        }
+    }
+
+    /// Refuses any value a policy cannot run with, naming the field.
+    pub fn validate(&self) -> CoreResult<()> {
+        if self.dim == 0 || self.dim > 65_536 {
+            return Err(CoreError::invalid(
+                "dim",
+                format!("must be in [1, 65536], got {}", self.dim),
+            ));
+        }
+        let positive = |field: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(CoreError::invalid(
+                    field,
+                    format!("must be finite and > 0, got {v}"),
+                ))
+            }
+        };
+        let non_negative = |field: &'static str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(CoreError::invalid(
+                    field,
+                    format!("must be finite and >= 0, got {v}"),
+                ))
+            }
+        };
+        non_negative("alpha", self.alpha)?;
+        positive("ridge", self.ridge)?;
+        non_negative("ts_scale", self.ts_scale)?;
+        positive("prior_alpha", self.prior_alpha)?;
+        positive("prior_beta", self.prior_beta)?;
+        if !(self.epsilon.is_finite() && (0.0..=1.0).contains(&self.epsilon)) {
+            return Err(CoreError::invalid(
+                "epsilon",
+                format!("must be in [0, 1], got {}", self.epsilon),
+            ));
+        }
+        if !(self.discount.is_finite() && self.discount > 0.0 && self.discount <= 1.0) {
+            return Err(CoreError::invalid(
+                "discount",
+                format!("must be in (0, 1], got {}", self.discount),
+            ));
+        }
+        if self.refactor_every == 0 {
+            return Err(CoreError::invalid("refactor_every", "must be >= 1"));
+        }
+        if self.mc_samples == 0 || self.mc_samples > 1_000_000 {
+            return Err(CoreError::invalid(
+                "mc_samples",
+                format!("must be in [1, 1000000], got {}", self.mc_samples),
+            ));
+        }
+        match (&self.fixed_arm, self.kind) {
+            (None, PolicyKind::Fixed) => Err(CoreError::invalid(
+                "fixed_arm",
+                "required when kind is \"fixed\"",
+            )),
+            (Some(name), _) if name.is_empty() => {
+                Err(CoreError::invalid("fixed_arm", "must not be empty"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What `select` decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Index of the chosen arm in the policy's arm list.
+    pub arm: usize,
+    /// `(arm index, score)` of every candidate, in candidate order.
+    pub scores: Vec<(usize, f64)>,
+    /// Probability the policy had of choosing `arm`, in (0, 1].
+    pub propensity: f64,
+    /// Posterior width of the chosen arm (>= 0).
+    pub uncertainty: f64,
+}
+
+/// Per-arm totals reported to callers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArmStats {
+    pub weight_sum: f64,
+    pub reward_sum: f64,
+    pub updates: u64,
+}

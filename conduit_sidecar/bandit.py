@@ -1,0 +1,241 @@
+"""Typed wrapper over the Rust core; the only module that imports ``conduit_sidecar._core``.
+
+Everything above this layer uses these names (docs/ARCHITECTURE.md, layer 1). The native
+policy is thread-safe and releases the GIL around the math; this module only converts types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, cast, get_args
+
+import numpy as np
+from numpy.typing import NDArray
+
+from conduit_sidecar import _core
+from conduit_sidecar._core import CoreError
+
+__all__ = [
+    "ArmStats",
+    "BanditPolicy",
+    "CoreError",
+    "FeatureHasher",
+    "PolicyConfig",
+    "PolicyKind",
+    "Selection",
+]
+
+PolicyKind = Literal["linucb", "lin_ts", "beta_ts", "ucb1", "epsilon_greedy", "random", "fixed"]
+_KINDS: frozenset[str] = frozenset(get_args(PolicyKind))
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Every tunable of every policy; each policy reads the ones it needs."""
+
+    kind: PolicyKind = "linucb"
+    dim: int = 64  # feature dimension d (bias term included)
+    alpha: float = 1.0  # LinUCB width multiplier / UCB1 exploration constant
+    ridge: float = 1.0  # lambda in A = lambda*I + sum w x x^T
+    epsilon: float = 0.1  # epsilon-greedy
+    ts_scale: float = 0.5  # v in theta ~ N(theta_hat, v^2 A^-1)
+    prior_alpha: float = 1.0  # Beta Thompson prior
+    prior_beta: float = 1.0
+    discount: float = 1.0  # exponential forgetting per update, 1.0 = none
+    refactor_every: int = 1000  # exact re-factorisation period (updates per arm)
+    mc_samples: int = 200  # Monte-Carlo draws for Thompson propensities
+    seed: int = 0
+    fixed_arm: str | None = None  # for kind="fixed"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What ``BanditPolicy.select`` decided."""
+
+    arm: str
+    scores: dict[str, float]  # score of every candidate arm (the ones allowed)
+    propensity: float  # P(policy picks `arm` | x, allowed), in (0, 1]
+    uncertainty: float  # posterior width of the chosen arm (>= 0)
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """Per-arm totals: confidence-weighted sums and the number of observations."""
+
+    weight_sum: float
+    reward_sum: float
+    updates: int
+
+
+def _features(features: object) -> NDArray[np.float64]:
+    """Features as a 1-D float64 array, or CoreError naming the field."""
+    if isinstance(features, np.ndarray) and features.dtype == np.float64 and features.ndim == 1:
+        return cast(NDArray[np.float64], features)
+    try:
+        arr = np.asarray(features, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise CoreError(f"features: not a sequence of numbers ({exc})") from None
+    if arr.ndim != 1:
+        raise CoreError(f"features: must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _arm_name(arm: object, field: str = "arm") -> str:
+    if not isinstance(arm, str):
+        raise CoreError(f"{field}: must be a string, got {type(arm).__name__}")
+    return arm
+
+
+def _arm_names(arms: object, field: str) -> list[str]:
+    if isinstance(arms, str | bytes) or not isinstance(arms, Sequence):
+        raise CoreError(f"{field}: must be a sequence of arm names")
+    return [_arm_name(a, field) for a in arms]
+
+
+def _number(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise CoreError(f"{field}: must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+class BanditPolicy:
+    """A contextual-bandit policy over named arms (thread-safe; the GIL is released)."""
+
+    __slots__ = ("_config", "_policy")
+
+    def __init__(self, config: PolicyConfig, arms: Sequence[str]) -> None:
+        if not isinstance(config, PolicyConfig):
+            raise CoreError("config: must be a PolicyConfig")
+        if config.kind not in _KINDS:
+            raise CoreError(f"kind: unknown policy kind {config.kind!r}")
+        kwargs = asdict(config)
+        kind = kwargs.pop("kind")
+        dim = kwargs.pop("dim")
+        for name in ("dim", "refactor_every", "mc_samples", "seed"):
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise CoreError(f"{name}: must be an integer")
+        if config.seed < 0 or config.seed >= 2**64:
+            raise CoreError("seed: must be in [0, 2**64)")
+        for name in (
+            "alpha",
+            "ridge",
+            "epsilon",
+            "ts_scale",
+            "prior_alpha",
+            "prior_beta",
+            "discount",
+        ):
+            kwargs[name] = _number(kwargs[name], name)
+        self._policy = _core.Policy(kind, dim, _arm_names(arms, "arms"), **kwargs)
+        self._config = config
+
+    @classmethod
+    def _wrap(cls, policy: _core.Policy) -> BanditPolicy:
+        self = cls.__new__(cls)
+        self._policy = policy
+        raw: dict[str, Any] = policy.config()
+        self._config = PolicyConfig(**raw)
+        return self
+
+    @property
+    def config(self) -> PolicyConfig:
+        return self._config
+
+    @property
+    def arms(self) -> list[str]:
+        return self._policy.arms
+
+    @property
+    def version(self) -> int:
+        """Increases on every state change (update, reapply, merge, arm change)."""
+        return self._policy.version
+
+    def select(
+        self, features: NDArray[np.float64], allowed: Sequence[str] | None = None
+    ) -> Selection:
+        names = None if allowed is None else _arm_names(allowed, "allowed")
+        arm, scores, propensity, uncertainty = self._policy.select(_features(features), names)
+        return Selection(arm, scores, propensity, uncertainty)
+
+    def update(
+        self, arm: str, features: NDArray[np.float64], reward: float, weight: float = 1.0
+    ) -> None:
+        self._policy.update(
+            _arm_name(arm),
+            _features(features),
+            _number(reward, "reward"),
+            _number(weight, "weight"),
+        )
+
+    def reapply(
+        self,
+        arm: str,
+        features: NDArray[np.float64],
+        old_reward: float,
+        old_weight: float,
+        new_reward: float,
+        new_weight: float,
+    ) -> None:
+        """Replace an observation's (reward, weight) by the net delta (DESIGN section 2)."""
+        self._policy.reapply(
+            _arm_name(arm),
+            _features(features),
+            _number(old_reward, "old_reward"),
+            _number(old_weight, "old_weight"),
+            _number(new_reward, "new_reward"),
+            _number(new_weight, "new_weight"),
+        )
+
+    def add_arm(self, arm: str) -> None:
+        self._policy.add_arm(_arm_name(arm))
+
+    def remove_arm(self, arm: str) -> None:
+        self._policy.remove_arm(_arm_name(arm))
+
+    def to_bytes(self) -> bytes:
+        return self._policy.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BanditPolicy:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise CoreError("snapshot: must be bytes")
+        return cls._wrap(_core.Policy.from_bytes(bytes(data)))
+
+    def take_delta(self) -> bytes:
+        """Additive statistics applied locally since the last call, then reset."""
+        return self._policy.take_delta()
+
+    def merge_delta(self, delta: bytes) -> None:
+        """Add another replica's delta (it is not re-exported by ``take_delta``)."""
+        if not isinstance(delta, bytes | bytearray | memoryview):
+            raise CoreError("delta: must be bytes")
+        self._policy.merge_delta(bytes(delta))
+
+    def arm_stats(self) -> dict[str, ArmStats]:
+        return {name: ArmStats(w, r, n) for name, (w, r, n) in self._policy.arm_stats()}
+
+    def theta(self, arm: str) -> NDArray[np.float64] | None:
+        """The cached coefficient vector of a linear arm; None for non-linear policies."""
+        return self._policy.theta(_arm_name(arm))
+
+
+class FeatureHasher:
+    """Deterministic text features: the same vector on every machine and in every process."""
+
+    __slots__ = ("_hasher",)
+
+    def __init__(self, dim: int = 64) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise CoreError("dim: must be an integer")
+        self._hasher = _core.FeatureHasher(dim)
+
+    @property
+    def dim(self) -> int:
+        return self._hasher.dim
+
+    def featurize(self, text: str) -> NDArray[np.float64]:
+        if not isinstance(text, str):
+            raise CoreError(f"text: must be a string, got {type(text).__name__}")
+        return self._hasher.featurize(text)
