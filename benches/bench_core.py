@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--dims", type=int, nargs="+", default=[16, 64, 386])
     p.add_argument("--arms", type=int, nargs="+", default=[5, 20])
-    p.add_argument("--budget", type=float, default=0.6, help="seconds per contender per cell")
+    p.add_argument("--budget", type=float, default=1.0, help="seconds per contender per cell")
     p.add_argument("--min-iter", type=int, default=15)
     p.add_argument("--max-iter", type=int, default=3000)
     p.add_argument("--contexts", type=int, default=2048, help="pre-generated contexts per cell")
