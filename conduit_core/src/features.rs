@@ -143,7 +143,7 @@ impl FeatureHasher {
             let h = fnv1a(word.as_bytes());
             add(h);
             if let Some(p) = *prev {
-                add(p.rotate_left(31) ^ h ^ BIGRAM_SALT);
+                add(mix(p ^ BIGRAM_SALT).wrapping_add(h));
             }
             *prev = Some(h);
             word.clear();
@@ -186,6 +186,7 @@ mod tests {
         let h = FeatureHasher::new(64).unwrap();
         assert_eq!(h.featurize("Hello, World"), h.featurize("hello. world"));
         assert_ne!(h.featurize("hello world"), h.featurize("world hello"));
+        assert_ne!(h.featurize("red fish blue"), h.featurize("blue fish red"));
     }
 
     #[test]
