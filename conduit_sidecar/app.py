@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import ConfigError, SidecarConfig
 from .errors import Unavailable
@@ -36,7 +36,12 @@ def build_store(config: SidecarConfig) -> FeedbackStore:
     if scheme == "sqlite":
         from .feedback import SqliteFeedbackStore
 
-        return SqliteFeedbackStore(str(sqlite_path(config.store_url)), ttl_seconds=config.ttl_s)
+        synchronous: Literal["FULL", "NORMAL"] = (
+            "NORMAL" if config.sqlite_synchronous == "NORMAL" else "FULL"
+        )
+        return SqliteFeedbackStore(
+            str(sqlite_path(config.store_url)), ttl_seconds=config.ttl_s, synchronous=synchronous
+        )
     if scheme in ("redis", "rediss"):
         from redis.asyncio import Redis
 

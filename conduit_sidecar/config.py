@@ -44,6 +44,9 @@ class SidecarConfig:
     preference: str = "balanced"  # default reward preset for decisions that give none
     seed: int = 0
     store_url: str = field(default_factory=default_store_url)
+    # SQLite durability: FULL fsyncs every commit (survives power loss); NORMAL (WAL) survives
+    # process crashes and SIGKILL but may lose the last commits on an OS crash; faster.
+    sqlite_synchronous: str = "FULL"
     ttl_s: float = 3600.0  # how long a routed query stays pending for feedback
     max_pending: int = 100_000  # bound of the in-memory store (memory:// only)
     token: str | None = None  # bearer token; None = no authentication
@@ -76,6 +79,10 @@ class SidecarConfig:
             )
         if scheme == "sqlite" and not self.store_url[len("sqlite:///") :]:
             raise ConfigError("store_url: sqlite:/// needs a path, e.g. sqlite:///./conduit.db")
+        if self.sqlite_synchronous not in ("FULL", "NORMAL"):
+            raise ConfigError(
+                f"sqlite_synchronous: expected FULL or NORMAL, got {self.sqlite_synchronous!r}"
+            )
         positive_ints = ("feature_dim", "max_pending", "max_message_bytes", "max_text_chars")
         for name in positive_ints:
             if getattr(self, name) <= 0:

@@ -84,6 +84,7 @@ def test_empty_env_value_unsets_an_optional_setting() -> None:
         ({"CONDUIT_CATALOGUE": "/no/models.yaml"}, "catalogue: no such file"),
         ({"CONDUIT_TOKEN": " "}, "token: must not be blank"),
         ({"CONDUIT_MAX_MESSAGE_BYTES": "0"}, "max_message_bytes"),
+        ({"CONDUIT_SQLITE_SYNCHRONOUS": "OFF"}, "sqlite_synchronous: expected FULL or NORMAL"),
         ({"CONDUIT_CONFIG": "/no/conduit.yaml"}, "config: cannot read"),
     ],
 )

@@ -1,0 +1,57 @@
+"""The ceiling for bench_grpc.py: a bare grpc.aio server with one unary method that returns
+its request bytes untouched (no protobuf, no interceptors, no application code), configured
+like the sidecar (same message size options, so_reuseport off).
+
+    python benches/echo_server.py [--listen 127.0.0.1:0]
+
+Prints `echo listening on HOST:PORT` once serving; stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import grpc
+
+METHOD = "/bench.Echo/Echo"
+
+
+async def _echo(request: bytes, context: object) -> bytes:
+    return request
+
+
+async def serve(listen: str) -> None:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    handler = grpc.unary_unary_rpc_method_handler(
+        _echo, request_deserializer=None, response_serializer=None
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
+    )
+    port = server.add_insecure_port(listen)
+    await server.start()
+    print(f"echo listening on {listen.rpartition(':')[0]}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    asyncio.run(serve(parser.parse_args().listen))
+
+
+if __name__ == "__main__":
+    main()
