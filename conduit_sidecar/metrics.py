@@ -8,11 +8,15 @@ one process, as in the tests, do not collide. Metric names:
 - `conduit_reward{model}` histogram of rewards applied (feedback and Update)
 - `conduit_feedback_total{signal_type,duplicate}` counter of feedback events
 - `conduit_pending_queries` gauge, refreshed by the server in the background
+- `conduit_model_mean_reward{model}` / `conduit_model_weight{model}` gauges: the policy's
+  confidence-weighted mean reward and total observation weight per model (all feedback
+  included), refreshed with the pending gauge
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -55,6 +59,18 @@ class SidecarMetrics:
         self.pending = Gauge(
             "conduit_pending_queries", "Routed queries awaiting feedback", registry=self.registry
         )
+        self.mean_reward = Gauge(
+            "conduit_model_mean_reward",
+            "Confidence-weighted mean reward the policy learned per model",
+            ("model",),
+            registry=self.registry,
+        )
+        self.weight = Gauge(
+            "conduit_model_weight",
+            "Total observation weight applied per model",
+            ("model",),
+            registry=self.registry,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -72,6 +88,12 @@ class SidecarMetrics:
 
     def set_pending(self, count: int) -> None:
         self.pending.set(count)
+
+    def set_model_stats(self, stats: Mapping[str, Any]) -> None:
+        """From Router.stats(): objects with `mean_reward` and `weight_sum`."""
+        for model, entry in stats.items():
+            self.mean_reward.labels(model).set(entry.mean_reward)
+            self.weight.labels(model).set(entry.weight_sum)
 
     def start(self, host: str, port: int) -> int:
         """Serves /metrics over HTTP in a daemon thread; returns the bound port."""

@@ -172,10 +172,11 @@ class SidecarServer:
         return self.port
 
     async def _refresh_gauges(self) -> None:
-        """Pending-query gauge; a failing store only skips a refresh."""
+        """Pending-query and per-model gauges; a failing store only skips a refresh."""
         while not self._stopping.is_set():
             with contextlib.suppress(Exception):
                 self.metrics.set_pending(await self.app.collector.get_pending_count())
+            self.metrics.set_model_stats(self.app.router.stats())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), _PENDING_REFRESH_S)
 

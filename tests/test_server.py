@@ -155,6 +155,7 @@ def test_metrics_endpoint_counts_rpcs_by_method_and_status(stub: Any, sidecar: S
     assert 'conduit_rpc_duration_seconds_count{code="INVALID_ARGUMENT",method="Route"}' in text
     assert "conduit_selections_total{model=" in text
     assert "conduit_pending_queries" in text
+    assert "conduit_model_mean_reward{model=" in text
 
 
 def test_sigterm_flips_health_first_then_drains_in_flight_calls(tmp_path: Path) -> None:
