@@ -29,6 +29,7 @@ class MemoryPolicyStateStore(PolicyStateStore):
 
     shared = False
     description = "memory://"
+    reset_hint = "restart the process (memory:// keeps nothing across restarts)"
 
     def __init__(self) -> None:
         self._base: Snapshot | None = None

@@ -67,6 +67,7 @@ class PostgresPolicyStateStore(PolicyStateStore):
         self.deltas_table = f"{namespace}_policy_deltas"
         self._lock_base = f"{namespace}:policy:"
         self.description = f"postgresql (tables {namespace}_policy_*)"
+        self.reset_hint = f"run DROP TABLE {self.base_table}, {self.deltas_table}"
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._held: dict[str, asyncpg.pool.PoolConnectionProxy] = {}

@@ -85,6 +85,7 @@ class RedisPolicyStateStore(PolicyStateStore):
         self.deltas_key = prefix + "deltas"
         self._lock_prefix = prefix + "lock:"
         self.description = f"redis (keys {prefix}*)"
+        self.reset_hint = f"delete the Redis keys {self.base_key} and {self.deltas_key}"
         self._replace = self._redis.register_script(_REPLACE_BASE)
         self._unlock = self._redis.register_script(_UNLOCK)
 

@@ -58,6 +58,9 @@ class SqlitePolicyStateStore(PolicyStateStore):
         self.deltas_table = f"{namespace}_policy_deltas"
         self.locks_table = f"{namespace}_policy_locks"
         self.description = f"sqlite ({self.path}, tables {namespace}_policy_*)"
+        self.reset_hint = (
+            f"drop the tables {self.base_table} and {self.deltas_table} in {self.path}"
+        )
         self._db: sqlite3.Connection | None = None
         self._mutex = threading.Lock()
 

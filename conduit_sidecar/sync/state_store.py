@@ -99,6 +99,8 @@ class PolicyStateStore(abc.ABC):
 
     shared: bool = True
     description: str = "policy state store"
+    reset_hint: str = "delete the stored policy state"
+    """How an operator deletes this store's policy state (quoted in refusal messages)."""
 
     async def initialize(self) -> None:
         """Creates tables or checks the connection; idempotent."""
