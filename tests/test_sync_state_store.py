@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from conduit_sidecar.sync.state_store import (
     Snapshot,
     open_state_store,
 )
+
+
+def pid() -> str:
+    return uuid.uuid4().hex
 
 
 def num(value: int) -> bytes:
@@ -82,7 +87,10 @@ async def test_deltas_are_read_in_order_after_a_cursor(
     make: Callable[[], PolicyStateStore],
 ) -> None:
     store = make()
-    cursors = [await store.publish_delta(f"r{i % 3}", num(i)) for i in range(PAGE_SIZE + 10)]
+    cursors = [
+        await store.publish_delta(f"r{i % 3}", num(i), publish_id=pid())
+        for i in range(PAGE_SIZE + 10)
+    ]
     assert len(set(cursors)) == len(cursors)
     page = await store.read_deltas(START)
     assert len(page) == PAGE_SIZE
@@ -101,7 +109,7 @@ async def test_snapshot_compare_and_set_trims_folded_deltas(
     make: Callable[[], PolicyStateStore],
 ) -> None:
     store = make()
-    cursors = [await store.publish_delta("r", num(i)) for i in range(1, 6)]
+    cursors = [await store.publish_delta("r", num(i), publish_id=pid()) for i in range(1, 6)]
     assert await store.save_snapshot(num(0), {"a": 1}, watermark=START, expected_watermark=None)
     # A second "first" base and a stale expectation both lose, changing nothing.
     assert not await store.save_snapshot(num(9), {}, watermark=START, expected_watermark=None)
@@ -126,7 +134,7 @@ async def test_snapshot_compare_and_set_trims_folded_deltas(
 
 async def test_reader_behind_the_base_gets_a_gap(make: Callable[[], PolicyStateStore]) -> None:
     store = make()
-    cursors = [await store.publish_delta("r", num(i)) for i in range(4)]
+    cursors = [await store.publish_delta("r", num(i), publish_id=pid()) for i in range(4)]
     assert await store.save_snapshot(num(1), {}, watermark=cursors[1], expected_watermark=None)
     with pytest.raises(DeltaGap) as gap:
         await store.read_deltas(cursors[0])
@@ -137,14 +145,14 @@ async def test_reader_behind_the_base_gets_a_gap(make: Callable[[], PolicyStateS
 async def test_compaction_is_exact_and_respects_age(make: Callable[[], PolicyStateStore]) -> None:
     store = make()
     for i in range(1, 101):
-        await store.publish_delta(f"r{i % 2}", num(i))
+        await store.publish_delta(f"r{i % 2}", num(i), publish_id=pid())
     # Deltas younger than the minimum age stay in the log for replicas that lag.
     assert await store.compact(SumFolder(), min_age_s=3600.0) is None
     result = await store.compact(SumFolder(), min_age_s=0.0)
     assert result is not None and result.folded == 100
     stats = await store.storage_stats()
     assert stats.delta_count == 0 and stats.watermark == result.watermark
-    await store.publish_delta("r", num(1000))
+    await store.publish_delta("r", num(1000), publish_id=pid())
     assert await total_state(store) == 5050 + 1000
     result = await store.compact(SumFolder(), min_age_s=0.0)
     assert result is not None and result.folded == 1
@@ -162,7 +170,7 @@ async def test_concurrent_publishers_and_compactors_lose_nothing(
     async def publisher(k: int) -> int:
         added = 0
         for i in range(40):
-            await stores[k % 3].publish_delta(f"r{k}", num(k * 1000 + i))
+            await stores[k % 3].publish_delta(f"r{k}", num(k * 1000 + i), publish_id=pid())
             added += k * 1000 + i
         return added
 
@@ -179,6 +187,15 @@ async def test_concurrent_publishers_and_compactors_lose_nothing(
     await stores[1].compact(SumFolder(), min_age_s=0.0)
     assert await total_state(stores[2]) == expected
     assert (await stores[0].storage_stats()).delta_count == 0
+
+
+async def test_a_retried_publish_is_appended_once(make: Callable[[], PolicyStateStore]) -> None:
+    first, second = make(), make()
+    cursor = await first.publish_delta("r", num(7), publish_id="r:1")
+    # The acknowledgement was lost; the retry (maybe on a new connection) must not add it again.
+    assert await second.publish_delta("r", num(7), publish_id="r:1") == cursor
+    assert await first.publish_delta("r", num(1), publish_id="r:2") != cursor
+    assert await total_state(first) == 8
 
 
 async def test_lock_is_exclusive_until_released(make: Callable[[], PolicyStateStore]) -> None:
@@ -198,7 +215,7 @@ async def test_compaction_skips_while_another_replica_holds_the_lock(
     make: Callable[[], PolicyStateStore],
 ) -> None:
     first, second = make(), make()
-    await first.publish_delta("r", num(5))
+    await first.publish_delta("r", num(5), publish_id=pid())
     token = await first.try_lock("compact", 30.0)
     assert token is not None
     assert await second.compact(SumFolder(), min_age_s=0.0) is None
@@ -212,7 +229,7 @@ async def test_unreachable_redis_is_unavailable_with_a_clear_message() -> None:
     )
     try:
         with pytest.raises(Unavailable, match=r"policy state store redis.*publish a policy delta"):
-            await store.publish_delta("r", b"x")
+            await store.publish_delta("r", b"x", publish_id=pid())
         with pytest.raises(Unavailable, match="cannot read policy deltas"):
             await store.read_deltas(START)
     finally:

@@ -36,6 +36,7 @@ class MemoryPolicyStateStore(PolicyStateStore):
         self._deltas: list[tuple[int, float, DeltaRecord]] = []  # (seq, monotonic time, record)
         self._next_seq = 1
         self._locks: dict[str, tuple[str, float]] = {}
+        self._published: dict[str, str] = {}
 
     async def load_snapshot(self) -> Snapshot | None:
         return self._base
@@ -56,11 +57,15 @@ class MemoryPolicyStateStore(PolicyStateStore):
         self._deltas = [entry for entry in self._deltas if entry[0] > cut]
         return True
 
-    async def publish_delta(self, replica_id: str, data: bytes) -> str:
+    async def publish_delta(self, replica_id: str, data: bytes, *, publish_id: str) -> str:
+        known = self._published.get(publish_id)
+        if known is not None:
+            return known
         seq = self._next_seq
         self._next_seq += 1
         record = DeltaRecord(cursor=str(seq), replica_id=replica_id, data=bytes(data))
         self._deltas.append((seq, time.monotonic(), record))
+        self._published[publish_id] = record.cursor
         return record.cursor
 
     async def read_deltas(

@@ -26,6 +26,7 @@ import asyncpg
 from conduit_sidecar.errors import Unavailable
 from conduit_sidecar.sync.state_store import (
     PAGE_SIZE,
+    PUBLISH_MARK_TTL_S,
     START,
     DeltaGap,
     DeltaRecord,
@@ -65,6 +66,7 @@ class PostgresPolicyStateStore(PolicyStateStore):
         self._url = database_url
         self.base_table = f"{namespace}_policy_base"
         self.deltas_table = f"{namespace}_policy_deltas"
+        self.marks_table = f"{namespace}_policy_published"
         self._lock_base = f"{namespace}:policy:"
         self.description = f"postgresql (tables {namespace}_policy_*)"
         self.reset_hint = f"run DROP TABLE {self.base_table}, {self.deltas_table}"
@@ -106,6 +108,11 @@ class PostgresPolicyStateStore(PolicyStateStore):
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.deltas_table} ("
                 " seq bigserial PRIMARY KEY, replica_id text NOT NULL, delta bytea NOT NULL,"
+                " created_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            )
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.marks_table} ("
+                " publish_id text PRIMARY KEY, seq bigint NOT NULL,"
                 " created_at timestamptz NOT NULL DEFAULT clock_timestamp())"
             )
 
@@ -160,18 +167,33 @@ class PostgresPolicyStateStore(PolicyStateStore):
             if not status.endswith(" 1"):
                 return False
             await conn.execute(f"DELETE FROM {self.deltas_table} WHERE seq <= $1", _seq(watermark))
+            await conn.execute(
+                f"DELETE FROM {self.marks_table}"
+                " WHERE created_at < clock_timestamp() - make_interval(secs => $1)",
+                float(PUBLISH_MARK_TTL_S),
+            )
         return True
 
-    async def publish_delta(self, replica_id: str, data: bytes) -> str:
+    async def publish_delta(self, replica_id: str, data: bytes, *, publish_id: str) -> str:
         async with self._conn("publish a policy delta") as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext($1))", self._lock_base + "append"
             )
+            known = await conn.fetchval(
+                f"SELECT seq FROM {self.marks_table} WHERE publish_id = $1", publish_id
+            )
+            if known is not None:
+                return _cursor(int(known))
             seq = await conn.fetchval(
                 f"INSERT INTO {self.deltas_table} (replica_id, delta)"
                 " VALUES ($1, $2) RETURNING seq",
                 replica_id,
                 data,
+            )
+            await conn.execute(
+                f"INSERT INTO {self.marks_table} (publish_id, seq) VALUES ($1, $2)",
+                publish_id,
+                seq,
             )
         return _cursor(int(seq))
 
@@ -260,4 +282,6 @@ class PostgresPolicyStateStore(PolicyStateStore):
     async def delete_all(self) -> None:
         """Drops this namespace's policy tables (operator action and tests)."""
         async with self._conn("delete policy state") as conn:
-            await conn.execute(f"DROP TABLE IF EXISTS {self.base_table}, {self.deltas_table}")
+            await conn.execute(
+                f"DROP TABLE IF EXISTS {self.base_table}, {self.deltas_table}, {self.marks_table}"
+            )

@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from conduit_sidecar.errors import Unavailable
 from conduit_sidecar.sync.state_store import (
     PAGE_SIZE,
+    PUBLISH_MARK_TTL_S,
     START,
     DeltaGap,
     DeltaRecord,
@@ -45,6 +46,14 @@ end
 redis.call('HSET', KEYS[1], 'data', ARGV[3], 'watermark', ARGV[4], 'meta', ARGV[5])
 if ARGV[6] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', ARGV[6]) end
 return 1
+"""
+
+_PUBLISH = """
+local known = redis.call('GET', KEYS[2])
+if known then return known end
+local id = redis.call('XADD', KEYS[1], '*', 'r', ARGV[1], 'd', ARGV[2])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[3])
+return id
 """
 
 _UNLOCK = """
@@ -84,10 +93,12 @@ class RedisPolicyStateStore(PolicyStateStore):
         self.base_key = prefix + "base"
         self.deltas_key = prefix + "deltas"
         self._lock_prefix = prefix + "lock:"
+        self._mark_prefix = prefix + "published:"
         self.description = f"redis (keys {prefix}*)"
         self.reset_hint = f"delete the Redis keys {self.base_key} and {self.deltas_key}"
         self._replace = self._redis.register_script(_REPLACE_BASE)
         self._unlock = self._redis.register_script(_UNLOCK)
+        self._publish = self._redis.register_script(_PUBLISH)
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "conduit") -> RedisPolicyStateStore:
@@ -154,9 +165,12 @@ class RedisPolicyStateStore(PolicyStateStore):
             done = await self._replace(keys=[self.base_key, self.deltas_key], args=args)
         return bool(done)
 
-    async def publish_delta(self, replica_id: str, data: bytes) -> str:
+    async def publish_delta(self, replica_id: str, data: bytes, *, publish_id: str) -> str:
         async with self._reach("publish a policy delta"):
-            cursor = await self._redis.xadd(self.deltas_key, {"r": replica_id, "d": data})
+            cursor = await self._publish(
+                keys=[self.deltas_key, self._mark_prefix + publish_id],
+                args=[replica_id, data, PUBLISH_MARK_TTL_S],
+            )
         return _text(cursor)
 
     async def read_deltas(
@@ -215,3 +229,5 @@ class RedisPolicyStateStore(PolicyStateStore):
         """Removes this namespace's policy state (operator action and tests)."""
         async with self._reach("delete policy state"):
             await self._redis.delete(self.base_key, self.deltas_key, self._lock_prefix + "compact")
+            async for key in self._redis.scan_iter(match=self._mark_prefix + "*", count=500):
+                await self._redis.delete(key)

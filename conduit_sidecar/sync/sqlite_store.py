@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from conduit_sidecar.errors import Unavailable
 from conduit_sidecar.sync.state_store import (
     PAGE_SIZE,
+    PUBLISH_MARK_TTL_S,
     START,
     DeltaGap,
     DeltaRecord,
@@ -57,6 +58,7 @@ class SqlitePolicyStateStore(PolicyStateStore):
         self.base_table = f"{namespace}_policy_base"
         self.deltas_table = f"{namespace}_policy_deltas"
         self.locks_table = f"{namespace}_policy_locks"
+        self.marks_table = f"{namespace}_policy_published"
         self.description = f"sqlite ({self.path}, tables {namespace}_policy_*)"
         self.reset_hint = (
             f"drop the tables {self.base_table} and {self.deltas_table} in {self.path}"
@@ -82,6 +84,10 @@ class SqlitePolicyStateStore(PolicyStateStore):
                 f"CREATE TABLE IF NOT EXISTS {self.deltas_table} ("
                 " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
                 " replica_id TEXT NOT NULL, delta BLOB NOT NULL, created_at REAL NOT NULL)"
+            )
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.marks_table} (publish_id TEXT PRIMARY KEY,"
+                " seq INTEGER NOT NULL, created_at REAL NOT NULL)"
             )
             db.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.locks_table} (name TEXT PRIMARY KEY,"
@@ -148,6 +154,10 @@ class SqlitePolicyStateStore(PolicyStateStore):
                     (data, _seq(watermark), meta_json, time.time()),
                 )
                 db.execute(f"DELETE FROM {self.deltas_table} WHERE seq <= ?", (_seq(watermark),))
+                db.execute(
+                    f"DELETE FROM {self.marks_table} WHERE created_at < ?",
+                    (time.time() - PUBLISH_MARK_TTL_S,),
+                )
                 db.execute("COMMIT")
                 return True
             except BaseException:
@@ -156,13 +166,31 @@ class SqlitePolicyStateStore(PolicyStateStore):
 
         return await self._run("write the base snapshot", save)
 
-    async def publish_delta(self, replica_id: str, data: bytes) -> str:
+    async def publish_delta(self, replica_id: str, data: bytes, *, publish_id: str) -> str:
         def publish(db: sqlite3.Connection) -> str:
-            cur = db.execute(
-                f"INSERT INTO {self.deltas_table} (replica_id, delta, created_at) VALUES (?, ?, ?)",
-                (replica_id, data, time.time()),
-            )
-            return _cursor(int(cur.lastrowid or 0))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                known = db.execute(
+                    f"SELECT seq FROM {self.marks_table} WHERE publish_id = ?", (publish_id,)
+                ).fetchone()
+                if known is not None:
+                    db.execute("COMMIT")
+                    return _cursor(int(known[0]))
+                now = time.time()
+                cur = db.execute(
+                    f"INSERT INTO {self.deltas_table} (replica_id, delta, created_at)"
+                    " VALUES (?, ?, ?)",
+                    (replica_id, data, now),
+                )
+                seq = int(cur.lastrowid or 0)
+                db.execute(
+                    f"INSERT INTO {self.marks_table} VALUES (?, ?, ?)", (publish_id, seq, now)
+                )
+                db.execute("COMMIT")
+                return _cursor(seq)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
         return await self._run("publish a policy delta", publish)
 

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 START = ""
 """Cursor that precedes every delta (the watermark of an empty store)."""
 
+PUBLISH_MARK_TTL_S = 86_400
+"""How long a publish id is remembered (far longer than any retry of one delta)."""
+
 PAGE_SIZE = 64
 """Deltas read per round trip; bounds memory while folding or catching up."""
 
@@ -130,8 +133,13 @@ class PolicyStateStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def publish_delta(self, replica_id: str, data: bytes) -> str:
-        """Appends one delta and returns its cursor."""
+    async def publish_delta(self, replica_id: str, data: bytes, *, publish_id: str) -> str:
+        """Appends one delta and returns its cursor.
+
+        `publish_id` makes a retry safe: a delta whose append reached the store but whose
+        acknowledgement was lost (timeout, connection reset) is not appended a second time;
+        the retry returns the first cursor. Marks are kept for PUBLISH_MARK_TTL_S.
+        """
 
     @abc.abstractmethod
     async def read_deltas(

@@ -124,6 +124,7 @@ class PolicySynchronizer:
         self._empty_delta = BanditPolicy(self._config, [router.models[0].id]).take_delta()
         self._seen_version = router.policy.version
         self._pending: bytes | None = None
+        self._publish_seq = 0  # numbers this process's deltas: the store's retry dedupe key
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -240,10 +241,13 @@ class PolicySynchronizer:
             self._seen_version = policy.version
             if delta != self._empty_delta:
                 self._pending = delta
+                self._publish_seq += 1
         self.status.pending = self._pending is not None
         if self._pending is None:
             return
-        await self.store.publish_delta(self.replica_id, self._pending)
+        await self.store.publish_delta(
+            self.replica_id, self._pending, publish_id=f"{self.replica_id}:{self._publish_seq}"
+        )
         self._pending = None
         self.status.pending = False
         self.status.published += 1
@@ -336,6 +340,7 @@ class PolicySynchronizer:
             if local != self._empty_delta:
                 candidate.merge_delta(local)
                 self._pending = local
+                self._publish_seq += 1
         self.router.policy = candidate
         self._seen_version = candidate.version
 
