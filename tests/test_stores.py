@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-import uuid
 
 import numpy as np
 import pytest
 
 from conduit_sidecar import Query, Router
-from conduit_sidecar.errors import InvalidArgument, NotFound, Unavailable
+from conduit_sidecar.errors import InvalidArgument, NotFound
 from conduit_sidecar.feedback import (
     FeedbackAdapter,
     FeedbackCollector,
     FeedbackEvent,
     FeedbackStore,
-    InMemoryFeedbackStore,
-    PostgresFeedbackStore,
-    RedisFeedbackStore,
     RewardMapping,
     SessionFeedback,
-    SqliteFeedbackStore,
     builtin_adapters,
 )
 from conduit_sidecar.feedback.observation import observation
@@ -150,23 +145,6 @@ async def test_a_track_call_restarts_the_ttl(store_factory: StoreFactory) -> Non
     await asyncio.sleep(0.5)
     result = await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
     assert not result.duplicate
-
-
-async def test_memory_store_is_bounded_and_evicts_oldest_first() -> None:
-    store = InMemoryFeedbackStore(max_pending=5)
-    collector = make_collector(store)
-    decisions = [await routed(collector, f"query {i}") for i in range(8)]
-    for decision in decisions:
-        await collector.track(decision, cost=0.001)
-    assert await collector.get_pending_count() == 5
-    assert store.evicted == 3
-    for decision in decisions[:3]:
-        with pytest.raises(NotFound):
-            await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
-    for decision in decisions[3:]:
-        await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
-    with pytest.raises(ValueError, match="max_pending"):
-        InMemoryFeedbackStore(max_pending=0)
 
 
 async def test_session_feedback_reaches_pending_queries_of_that_session_once(
@@ -364,34 +342,6 @@ async def test_implicit_signals_from_track_are_recorded(store: FeedbackStore) ->
     assert weight_sum == 0.8
 
 
-def unreachable_store(backend: str, tmp_path: object) -> FeedbackStore:
-    # Port 9 (discard) has no listener on this machine: a real refused connection.
-    if backend == "redis":
-        from redis.asyncio import Redis
-
-        return RedisFeedbackStore(Redis.from_url("redis://127.0.0.1:9/0"))
-    if backend == "postgres":
-        return PostgresFeedbackStore(
-            database_url="postgresql://conduit@127.0.0.1:9/none", connect_timeout_s=2.0
-        )
-    return SqliteFeedbackStore(f"{tmp_path}/missing-dir/feedback.db")
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "redis", "postgres"])
-async def test_an_unreachable_store_raises_unavailable(backend: str, tmp_path: object) -> None:
-    store = unreachable_store(backend, tmp_path)
-    collector = make_collector(store)
-    decision = await routed(collector)
-    with pytest.raises(Unavailable) as info:
-        await collector.track(decision, cost=0.001)
-    assert {"sqlite": "SQLite", "redis": "Redis", "postgres": "PostgreSQL"}[backend] in str(
-        info.value
-    )
-    with pytest.raises(Unavailable):
-        await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
-    await store.close()
-
-
 async def test_replicas_sharing_a_store_apply_each_event_once(
     durable_store_factory: StoreFactory,
 ) -> None:
@@ -415,44 +365,3 @@ async def test_replicas_sharing_a_store_apply_each_event_once(
     await second.track(decision.query_id, cost=0.5, error=True)
     pending = await second.store.get(decision.query_id)
     assert pending is not None and pending.accumulators.cost_usd == 0.001
-
-
-async def test_redis_store_accepts_a_decoding_client(redis_url: str) -> None:
-    from redis.asyncio import Redis
-
-    prefix = f"conduit-test-{uuid.uuid4().hex[:12]}:"
-    store = RedisFeedbackStore(Redis.from_url(redis_url, decode_responses=True), prefix=prefix)
-    try:
-        collector = make_collector(store)
-        decision = await routed(collector, session_id="s")
-        await collector.track(decision, cost=0.001, latency=0.2)
-        result = await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
-        assert result.applied_weight == 1.0
-        assert await store.session_query_ids("s") == [decision.query_id]
-        assert (await collector.get_recent_feedback())[0].payload == {"value": "up"}
-    finally:
-        keys = [k async for k in store.redis.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await store.redis.delete(*keys)
-        await store.close()
-
-
-async def test_postgres_initialize_is_idempotent_and_safe_concurrently(
-    postgres_url: str,
-) -> None:
-    schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
-    stores = [PostgresFeedbackStore(database_url=postgres_url, schema=schema) for _ in range(3)]
-    try:
-        await asyncio.gather(*(s.initialize() for s in stores))
-        await stores[0].initialize()
-        assert await stores[1].pending_count() == 0
-    finally:
-        for s in stores:
-            await s.close()
-        import asyncpg
-
-        conn = await asyncpg.connect(postgres_url)
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await conn.close()
-    with pytest.raises(ValueError, match="schema"):
-        PostgresFeedbackStore(database_url=postgres_url, schema="bad; DROP TABLE x")

@@ -1,0 +1,107 @@
+"""Backend-specific store behaviour, beyond the shared contract in tests/test_stores.py:
+the memory store's size bound, refusals when a server is unreachable, Redis clients that
+decode responses, concurrent PostgreSQL initialisation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from conduit_sidecar.errors import NotFound, Unavailable
+from conduit_sidecar.feedback import (
+    FeedbackEvent,
+    FeedbackStore,
+    InMemoryFeedbackStore,
+    PostgresFeedbackStore,
+    RedisFeedbackStore,
+    SqliteFeedbackStore,
+)
+from tests.test_stores import make_collector, routed
+
+
+async def test_memory_store_is_bounded_and_evicts_oldest_first() -> None:
+    store = InMemoryFeedbackStore(max_pending=5)
+    collector = make_collector(store)
+    decisions = [await routed(collector, f"query {i}") for i in range(8)]
+    for decision in decisions:
+        await collector.track(decision, cost=0.001)
+    assert await collector.get_pending_count() == 5
+    assert store.evicted == 3
+    for decision in decisions[:3]:
+        with pytest.raises(NotFound):
+            await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+    for decision in decisions[3:]:
+        await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+    with pytest.raises(ValueError, match="max_pending"):
+        InMemoryFeedbackStore(max_pending=0)
+
+
+def unreachable_store(backend: str, tmp_path: object) -> FeedbackStore:
+    # Port 9 (discard) has no listener on this machine: a real refused connection.
+    if backend == "redis":
+        from redis.asyncio import Redis
+
+        return RedisFeedbackStore(Redis.from_url("redis://127.0.0.1:9/0"))
+    if backend == "postgres":
+        return PostgresFeedbackStore(
+            database_url="postgresql://conduit@127.0.0.1:9/none", connect_timeout_s=2.0
+        )
+    return SqliteFeedbackStore(f"{tmp_path}/missing-dir/feedback.db")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "postgres"])
+async def test_an_unreachable_store_raises_unavailable(backend: str, tmp_path: object) -> None:
+    store = unreachable_store(backend, tmp_path)
+    collector = make_collector(store)
+    decision = await routed(collector)
+    with pytest.raises(Unavailable) as info:
+        await collector.track(decision, cost=0.001)
+    assert {"sqlite": "SQLite", "redis": "Redis", "postgres": "PostgreSQL"}[backend] in str(
+        info.value
+    )
+    with pytest.raises(Unavailable):
+        await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+    await store.close()
+
+
+async def test_redis_store_accepts_a_decoding_client(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    prefix = f"conduit-test-{uuid.uuid4().hex[:12]}:"
+    store = RedisFeedbackStore(Redis.from_url(redis_url, decode_responses=True), prefix=prefix)
+    try:
+        collector = make_collector(store)
+        decision = await routed(collector, session_id="s")
+        await collector.track(decision, cost=0.001, latency=0.2)
+        result = await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+        assert result.applied_weight == 1.0
+        assert await store.session_query_ids("s") == [decision.query_id]
+        assert (await collector.get_recent_feedback())[0].payload == {"value": "up"}
+    finally:
+        keys = [k async for k in store.redis.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await store.redis.delete(*keys)
+        await store.close()
+
+
+async def test_postgres_initialize_is_idempotent_and_safe_concurrently(
+    postgres_url: str,
+) -> None:
+    schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
+    stores = [PostgresFeedbackStore(database_url=postgres_url, schema=schema) for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.initialize() for s in stores))
+        await stores[0].initialize()
+        assert await stores[1].pending_count() == 0
+    finally:
+        for s in stores:
+            await s.close()
+        import asyncpg
+
+        conn = await asyncpg.connect(postgres_url)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+    with pytest.raises(ValueError, match="schema"):
+        PostgresFeedbackStore(database_url=postgres_url, schema="bad; DROP TABLE x")
