@@ -16,6 +16,7 @@ from .errors import Unavailable
 if TYPE_CHECKING:
     from .feedback import FeedbackCollector, FeedbackStore
     from .router import Router
+    from .sync.synchronizer import PolicySynchronizer
 
 
 def sqlite_path(store_url: str) -> Path:
@@ -77,6 +78,8 @@ class SidecarApp:
     router: Router
     store: FeedbackStore
     collector: FeedbackCollector
+    # Policy snapshots and replica sync (None for memory://, where nothing can survive).
+    synchronizer: PolicySynchronizer | None = None
 
     @classmethod
     async def create(cls, config: SidecarConfig) -> SidecarApp:
@@ -107,10 +110,51 @@ class SidecarApp:
         collector = FeedbackCollector(router, store=store)
         for adapter in builtin_adapters():
             collector.register_adapter(adapter)
-        return cls(config=config, router=router, store=store, collector=collector)
+        app = cls(config=config, router=router, store=store, collector=collector)
+        if config.store_scheme != "memory":
+            try:
+                app.synchronizer = await start_synchronizer(config, router, collector)
+            except BaseException:
+                await store.close()
+                raise
+        return app
 
     async def close(self) -> None:
+        """Publishes the last policy delta and snapshot, then closes the stores."""
+        if self.synchronizer is not None:
+            try:
+                await self.synchronizer.stop()
+            finally:
+                await self.synchronizer.store.close()
         await self.store.close()
+
+
+async def start_synchronizer(
+    config: SidecarConfig, router: Router, collector: FeedbackCollector
+) -> PolicySynchronizer:
+    """Restores the learned policy from the store and starts exchanging deltas.
+
+    Raises `Unavailable` if the store cannot be reached and `IncompatibleSnapshot` (whose
+    message tells the operator what to do) if it holds state from other feature settings.
+    """
+    from .sync.state_store import open_state_store
+    from .sync.synchronizer import PolicySynchronizer
+
+    state = open_state_store(config.store_url, namespace=config.state_namespace)
+    try:
+        await state.initialize()
+        synchronizer = PolicySynchronizer(
+            router,
+            state,
+            sync_interval_s=config.sync_interval_s,
+            snapshot_interval_s=config.snapshot_interval_s,
+            collector=collector,
+        )
+        await synchronizer.start()
+    except BaseException:
+        await state.close()
+        raise
+    return synchronizer
 
 
 def _redacted(url: str) -> str:

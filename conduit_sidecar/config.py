@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,13 @@ class SidecarConfig:
     metrics_port: int | None = None  # Prometheus HTTP port; None = no metrics endpoint
     metrics_host: str = "127.0.0.1"
     json_logs: bool = False
+    # Policy state (docs/OPERATIONS.md, "Scale-out and survival"): deltas are published and
+    # merged every sync_interval_s (0 = after every observation: zero loss window with a
+    # shared store); a snapshot is compacted every snapshot_interval_s; state_namespace
+    # prefixes the Redis keys / SQL tables so several routers can share one server.
+    sync_interval_s: float = 1.0
+    snapshot_interval_s: float = 60.0
+    state_namespace: str = "conduit"
     log_level: str = "INFO"
 
     def validate(self) -> SidecarConfig:
@@ -87,7 +95,16 @@ class SidecarConfig:
         for name in positive_ints:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("ttl_s", "grace_s"):
+        if not math.isfinite(self.sync_interval_s) or self.sync_interval_s < 0:
+            raise ConfigError(
+                f"sync_interval_s: must be finite and >= 0, got {self.sync_interval_s}"
+            )
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", self.state_namespace):
+            raise ConfigError(
+                "state_namespace: expected lower-case letters, digits and _ (at most 41), "
+                f"got {self.state_namespace!r}"
+            )
+        for name in ("ttl_s", "grace_s", "snapshot_interval_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name}: must be finite and > 0, got {value}")
