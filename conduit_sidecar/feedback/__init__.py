@@ -1,8 +1,10 @@
 """Feedback integration: signals in, policy updates out (spec: FEEDBACK_INTEGRATION.md).
 
 `from conduit_sidecar.feedback import FeedbackCollector, FeedbackEvent, ...` exposes every name
-the spec uses. The Redis and PostgreSQL stores import their client libraries only when
-constructed, so importing this package needs neither server.
+the spec uses, plus `builtin_adapters()` (all five built-ins; only `ThumbsAdapter` is
+registered by default). Importing the package contacts no server: the Redis store talks
+through the client it is given, and the PostgreSQL store imports asyncpg and connects only in
+`initialize()` (or on first use).
 """
 
 from __future__ import annotations
