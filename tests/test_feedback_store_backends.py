@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,65 @@ async def test_postgres_initialize_is_idempotent_and_safe_concurrently(
         await conn.close()
     with pytest.raises(ValueError, match="schema"):
         PostgresFeedbackStore(database_url=postgres_url, schema="bad; DROP TABLE x")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_sql_stores_purge_expired_entries_and_trim_the_log(
+    backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, postgres_url: str
+) -> None:
+    from conduit_sidecar.feedback.stores import postgres, sqlite
+
+    monkeypatch.setattr(sqlite, "_PURGE_EVERY", 1)
+    monkeypatch.setattr(postgres, "_PURGE_EVERY", 1)
+    schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
+    store: FeedbackStore
+    if backend == "sqlite":
+        store = SqliteFeedbackStore(tmp_path / "f.db", history_limit=2)
+    else:
+        store = PostgresFeedbackStore(database_url=postgres_url, schema=schema, history_limit=2)
+    try:
+        collector = make_collector(store)
+        old = await routed(collector, "old")
+        await collector.track(old, ttl_seconds=0.1)
+        await collector.record(FeedbackEvent(old.query_id, "thumbs", {"value": "up"}))
+        await asyncio.sleep(0.2)
+        fresh = await routed(collector, "fresh")
+        await collector.track(fresh)
+        for key in "abc":
+            await collector.record(
+                FeedbackEvent(fresh.query_id, "thumbs", {"value": "up"}, idempotency_key=key)
+            )
+        rows = await raw_rows(store)
+        assert rows == {"queries": 1, "marks": 4, "feedback_log": 2}  # marks: track + 3 keys
+        # The expired id can be tracked again from scratch: its old marks are gone.
+        await collector.track(old)
+        again = await collector.record(FeedbackEvent(old.query_id, "thumbs", {"value": "up"}))
+        assert not again.duplicate
+    finally:
+        await store.close()
+        if backend == "postgres":
+            import asyncpg
+
+            conn = await asyncpg.connect(postgres_url)
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            await conn.close()
+
+
+async def raw_rows(store: FeedbackStore) -> dict[str, int]:
+    tables = ("queries", "marks", "feedback_log")
+    if isinstance(store, SqliteFeedbackStore):
+        import sqlite3
+
+        conn = sqlite3.connect(store.path)
+        try:
+            return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+        finally:
+            conn.close()
+    assert isinstance(store, PostgresFeedbackStore)
+    import asyncpg
+
+    pg = await asyncpg.connect(store.database_url)
+    try:
+        return {t: await pg.fetchval(f"SELECT count(*) FROM {store.schema}.{t}") for t in tables}
+    finally:
+        await pg.close()

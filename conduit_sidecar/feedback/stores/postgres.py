@@ -11,6 +11,7 @@ so replicas with skewed clocks agree.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from conduit_sidecar.feedback.stores.base import (
 from conduit_sidecar.query import RoutingDecision
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _NOW = "extract(epoch from clock_timestamp())::float8"
@@ -186,18 +188,42 @@ class PostgresFeedbackStore(FeedbackStore):
             await self.initialize()
         return self._pool
 
-    async def _maybe_purge(self, conn: Any) -> None:
-        self._writes += 1
-        if self._writes % _PURGE_EVERY:
-            return
-        await conn.execute(f"DELETE FROM {self._q} WHERE expires_at <= {_NOW}")
-        await conn.execute(
-            f"DELETE FROM {self.schema}.feedback_log"
-            f" WHERE seq <= (SELECT max(seq) FROM {self.schema}.feedback_log) - $1",
-            self.history_limit,
-        )
+    async def _write(self, pool: Any, body: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `body` in one transaction, then (outside it) the occasional purge."""
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                result = await body(conn)
+            self._writes += 1
+            if self._writes % _PURGE_EVERY == 0:
+                await self._purge(conn)
+            return result
 
-    async def _create(self, conn: Any, decision: RoutingDecision, ttl_s: float) -> None:
+    async def _purge(self, conn: Any) -> None:
+        """Delete expired queries (their marks cascade) and trim the log.
+
+        Housekeeping only: its own statements, SKIP LOCKED so it never waits on or deadlocks
+        with a live operation, and a failure is logged, never reported to the caller whose
+        operation has already committed.
+        """
+        import asyncpg
+
+        s = self.schema
+        try:
+            await conn.execute(
+                f"DELETE FROM {s}.queries WHERE query_id IN (SELECT query_id FROM {s}.queries"
+                f" WHERE expires_at <= {_NOW} LIMIT 10000 FOR UPDATE SKIP LOCKED)"
+            )
+            await conn.execute(
+                f"DELETE FROM {s}.feedback_log WHERE seq IN (SELECT seq FROM {s}.feedback_log"
+                f" WHERE seq <= (SELECT max(seq) FROM {s}.feedback_log) - $1"
+                f" LIMIT 10000 FOR UPDATE SKIP LOCKED)",
+                self.history_limit,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            logger.warning("PostgreSQL feedback store purge skipped: %s", exc)
+
+    async def _create(self, conn: Any, decision: RoutingDecision, ttl_s: float) -> bool:
+        """Store the decision unless a live entry exists; True if it wrote."""
         wrote = await conn.fetchval(
             self._upsert,
             decision.query_id,
@@ -205,33 +231,22 @@ class PostgresFeedbackStore(FeedbackStore):
             decision.session_id,
             ttl_s,
         )
-        if wrote is not None:
-            await conn.execute(
-                f"DELETE FROM {self.schema}.marks WHERE query_id = $1", decision.query_id
-            )
+        if wrote is None:
+            return False
+        # It may have replaced an expired entry: that entry's marks must not carry over.
+        await conn.execute(
+            f"DELETE FROM {self.schema}.marks WHERE query_id = $1", decision.query_id
+        )
+        return True
 
     async def log_decision(self, decision: RoutingDecision, ttl_s: float) -> bool:
         ttl_s = check_ttl(ttl_s)
         pool = await self._pool_ready()
 
-        async def op() -> bool:
-            async with pool.acquire() as conn, conn.transaction():
-                wrote = await conn.fetchval(
-                    self._upsert,
-                    decision.query_id,
-                    decision_to_json(decision),
-                    decision.session_id,
-                    ttl_s,
-                )
-                if wrote is None:
-                    return False
-                await conn.execute(
-                    f"DELETE FROM {self.schema}.marks WHERE query_id = $1", decision.query_id
-                )
-                await self._maybe_purge(conn)
-                return True
+        async def body(conn: Any) -> bool:
+            return await self._create(conn, decision, ttl_s)
 
-        return await self._guard("log_decision", op)
+        return await self._guard("log_decision", lambda: self._write(pool, body))
 
     async def apply(
         self,
@@ -252,58 +267,56 @@ class PostgresFeedbackStore(FeedbackStore):
         counted = sorted({e.signal_type for e in events})
         increments = [sum(1 for e in events if e.signal_type == t) for t in counted]
 
-        async def op() -> Applied:
-            async with pool.acquire() as conn, conn.transaction():
-                if create is not None:
-                    await self._create(conn, create, ttl_s or self.ttl_seconds)
-                row = await conn.fetchrow(self._select + " FOR UPDATE", query_id)
-                if row is None:
-                    raise not_found(query_id)
-                decision = decision_from_json(row["decision"])
-                before = _accumulators(row)
-                first = await conn.fetchval(
-                    f"SELECT mark FROM {s}.marks WHERE query_id = $1 AND key = $2", query_id, key
+        async def body(conn: Any) -> Applied:
+            if create is not None:
+                await self._create(conn, create, ttl_s or self.ttl_seconds)
+            row = await conn.fetchrow(self._select + " FOR UPDATE", query_id)
+            if row is None:
+                raise not_found(query_id)
+            decision = decision_from_json(row["decision"])
+            before = _accumulators(row)
+            first = await conn.fetchval(
+                f"SELECT mark FROM {s}.marks WHERE query_id = $1 AND key = $2", query_id, key
+            )
+            if first is not None:
+                return Applied(decision, before, before, True, mark_from_json(first))
+            after = accumulate(before, contribution)
+            stored = Mark(mark.signal_type, mark.reward, mark.confidence, after)
+            await conn.execute(
+                f"UPDATE {s}.queries SET quality_num = $2, quality_den = $3, weight = $4,"
+                f" cost_usd = $5, latency_s = $6,"
+                f" expires_at = COALESCE({_NOW} + $7::float8, expires_at)"
+                f" WHERE query_id = $1",
+                query_id,
+                after.quality_num,
+                after.quality_den,
+                after.weight,
+                after.cost_usd,
+                after.latency_s,
+                ttl_s,
+            )
+            await conn.execute(
+                f"INSERT INTO {s}.marks (query_id, key, mark) VALUES ($1, $2, $3)",
+                query_id,
+                key,
+                mark_to_json(stored),
+            )
+            if events:
+                await conn.executemany(
+                    f"INSERT INTO {s}.feedback_log (event) VALUES ($1)",
+                    [(event_to_json(e),) for e in events],
                 )
-                if first is not None:
-                    return Applied(decision, before, before, True, mark_from_json(first))
-                after = accumulate(before, contribution)
-                stored = Mark(mark.signal_type, mark.reward, mark.confidence, after)
                 await conn.execute(
-                    f"UPDATE {s}.queries SET quality_num = $2, quality_den = $3, weight = $4,"
-                    f" cost_usd = $5, latency_s = $6,"
-                    f" expires_at = COALESCE({_NOW} + $7::float8, expires_at)"
-                    f" WHERE query_id = $1",
-                    query_id,
-                    after.quality_num,
-                    after.quality_den,
-                    after.weight,
-                    after.cost_usd,
-                    after.latency_s,
-                    ttl_s,
+                    f"INSERT INTO {s}.signal_counts (signal_type, count)"
+                    f" SELECT * FROM unnest($1::text[], $2::int8[])"
+                    f" ON CONFLICT (signal_type) DO UPDATE"
+                    f" SET count = {s}.signal_counts.count + EXCLUDED.count",
+                    counted,
+                    increments,
                 )
-                await conn.execute(
-                    f"INSERT INTO {s}.marks (query_id, key, mark) VALUES ($1, $2, $3)",
-                    query_id,
-                    key,
-                    mark_to_json(stored),
-                )
-                if events:
-                    await conn.executemany(
-                        f"INSERT INTO {s}.feedback_log (event) VALUES ($1)",
-                        [(event_to_json(e),) for e in events],
-                    )
-                    await conn.execute(
-                        f"INSERT INTO {s}.signal_counts (signal_type, count)"
-                        f" SELECT * FROM unnest($1::text[], $2::int8[])"
-                        f" ON CONFLICT (signal_type) DO UPDATE"
-                        f" SET count = {s}.signal_counts.count + EXCLUDED.count",
-                        counted,
-                        increments,
-                    )
-                await self._maybe_purge(conn)
-                return Applied(decision, before, after, False, stored)
+            return Applied(decision, before, after, False, stored)
 
-        return await self._guard("apply", op)
+        return await self._guard("apply", lambda: self._write(pool, body))
 
     async def get(self, query_id: str) -> PendingQuery | None:
         pool = await self._pool_ready()
