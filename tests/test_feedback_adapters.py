@@ -123,3 +123,31 @@ def test_builtin_adapters_cover_the_spec_table() -> None:
 def test_feedback_adapter_is_abstract() -> None:
     with pytest.raises(TypeError):
         FeedbackAdapter()  # type: ignore[abstract]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+
+
+@given(
+    st.sampled_from(builtin_adapters()),
+    st.dictionaries(
+        st.sampled_from(["value", "rating", "success", "regenerated", "score", "other"]),
+        json_values,
+        max_size=3,
+    ),
+)
+def test_hostile_payloads_are_refused_or_mapped_into_range(
+    adapter: FeedbackAdapter, payload: dict[str, Any]
+) -> None:
+    """Whatever a client sends, an adapter answers a valid mapping or InvalidArgument naming
+    a payload field: never another exception, never a NaN."""
+    try:
+        reward, confidence = read(adapter, payload)
+    except InvalidArgument as exc:
+        assert exc.field.startswith("payload.")
+    else:
+        assert 0.0 <= reward <= 1.0 and 0.0 < confidence <= 1.0

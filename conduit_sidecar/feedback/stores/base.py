@@ -78,6 +78,12 @@ def check_ttl(ttl_s: float) -> float:
     return float(ttl_s)
 
 
+def check_history_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"history_limit must be an integer >= 1, got {limit!r}")
+    return limit
+
+
 class FeedbackStore(ABC):
     """Async storage for pending queries, idempotency marks, sessions and the feedback log."""
 

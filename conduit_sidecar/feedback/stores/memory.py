@@ -22,6 +22,7 @@ from conduit_sidecar.feedback.stores.base import (
     FeedbackStore,
     Mark,
     PendingQuery,
+    check_history_limit,
     check_ttl,
     not_found,
 )
@@ -56,7 +57,7 @@ class InMemoryFeedbackStore(FeedbackStore):
         self._sessions: dict[str, dict[str, None]] = {}
         # (expires_at, query_id); stale after a TTL refresh, checked against the entry.
         self._expiry: list[tuple[float, str]] = []
-        self._log: deque[FeedbackEvent] = deque(maxlen=history_limit)
+        self._log: deque[FeedbackEvent] = deque(maxlen=check_history_limit(history_limit))
         self._counts: Counter[str] = Counter()
         self.evicted = 0
 

@@ -26,6 +26,7 @@ from conduit_sidecar.feedback.stores.base import (
     FeedbackStore,
     Mark,
     PendingQuery,
+    check_history_limit,
     check_ttl,
     decision_from_json,
     decision_to_json,
@@ -107,7 +108,7 @@ class PostgresFeedbackStore(FeedbackStore):
         self.database_url = database_url
         self.schema = schema
         self.ttl_seconds = check_ttl(ttl_seconds)
-        self.history_limit = history_limit
+        self.history_limit = check_history_limit(history_limit)
         self._min_pool = min_pool_size
         self._max_pool = max_pool_size
         self._connect_timeout_s = connect_timeout_s

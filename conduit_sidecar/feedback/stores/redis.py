@@ -36,6 +36,7 @@ from conduit_sidecar.feedback.stores.base import (
     Mark,
     PendingQuery,
     accumulators_from_dict,
+    check_history_limit,
     check_ttl,
     decision_from_json,
     decision_to_json,
@@ -183,7 +184,7 @@ class RedisFeedbackStore(FeedbackStore):
         self.redis = redis
         self.ttl_seconds = check_ttl(ttl_seconds)
         self.prefix = prefix
-        self.history_limit = history_limit
+        self.history_limit = check_history_limit(history_limit)
         self._log_decision = redis.register_script(_LOG_DECISION)
         self._apply = redis.register_script(_APPLY)
         self._pending_count = redis.register_script(_PENDING_COUNT)

@@ -27,6 +27,7 @@ from conduit_sidecar.feedback.stores.base import (
     FeedbackStore,
     Mark,
     PendingQuery,
+    check_history_limit,
     check_ttl,
     decision_from_json,
     decision_to_json,
@@ -102,7 +103,7 @@ class SqliteFeedbackStore(FeedbackStore):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
         self.path = str(path)
         self.ttl_seconds = check_ttl(ttl_seconds)
-        self.history_limit = history_limit
+        self.history_limit = check_history_limit(history_limit)
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conduit-sqlite")
         self._conn: sqlite3.Connection | None = None
