@@ -125,9 +125,9 @@ async def test_sql_stores_purge_expired_entries_and_trim_the_log(
     try:
         collector = make_collector(store)
         old = await routed(collector, "old")
-        await collector.track(old, ttl_seconds=0.1)
+        await collector.track(old, ttl_seconds=0.5)
         await collector.record(FeedbackEvent(old.query_id, "thumbs", {"value": "up"}))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.7)
         fresh = await routed(collector, "fresh")
         await collector.track(fresh)
         for key in "abc":

@@ -116,20 +116,20 @@ async def test_concurrent_different_signals_all_land_exactly(store: FeedbackStor
 
 
 async def test_pending_queries_expire_after_their_ttl(store_factory: StoreFactory) -> None:
-    store = await store_factory.open(ttl_seconds=0.4)
+    store = await store_factory.open(ttl_seconds=1.5)
     collector = make_collector(store)
     short = await routed(collector, "short")
     default = await routed(collector, "default")
-    await collector.track(short, ttl_seconds=0.2)
-    await collector.track(default)  # the store's TTL (0.4 s)
+    await collector.track(short, ttl_seconds=0.6)
+    await collector.track(default)  # the store's TTL (1.5 s)
     long = await routed(collector, "long")
     await collector.log_decision(long, ttl_seconds=30)
     assert await collector.get_pending_count() == 3
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.8)
     with pytest.raises(ValueError, match=short.query_id):
         await collector.record(FeedbackEvent(short.query_id, "thumbs", {"value": "up"}))
     await collector.record(FeedbackEvent(default.query_id, "thumbs", {"value": "up"}))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.0)
     with pytest.raises(NotFound) as info:
         await collector.record(FeedbackEvent(default.query_id, "rating", {"rating": 5}))
     assert info.value.query_id == default.query_id
@@ -140,9 +140,9 @@ async def test_pending_queries_expire_after_their_ttl(store_factory: StoreFactor
 async def test_a_track_call_restarts_the_ttl(store_factory: StoreFactory) -> None:
     collector = make_collector(await store_factory.open())
     decision = await routed(collector)
-    await collector.log_decision(decision, ttl_seconds=0.3)
+    await collector.log_decision(decision, ttl_seconds=1.0)
     await collector.track(decision.query_id, cost=0.001, ttl_seconds=30)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.3)
     result = await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
     assert not result.duplicate
 
