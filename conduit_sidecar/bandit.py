@@ -30,7 +30,7 @@ PolicyKind = Literal["linucb", "lin_ts", "beta_ts", "ucb1", "epsilon_greedy", "r
 _KINDS: frozenset[str] = frozenset(get_args(PolicyKind))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """Every tunable of every policy; each policy reads the ones it needs."""
 
@@ -49,7 +49,7 @@ class PolicyConfig:
     fixed_arm: str | None = None  # for kind="fixed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Selection:
     """What ``BanditPolicy.select`` decided."""
 
@@ -59,7 +59,7 @@ class Selection:
     uncertainty: float  # posterior width of the chosen arm (>= 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ArmStats:
     """Per-arm totals: confidence-weighted sums and the number of observations."""
 
@@ -68,10 +68,14 @@ class ArmStats:
     updates: int
 
 
+_F64 = np.dtype(np.float64)
+
+
 def _features(features: object) -> NDArray[np.float64]:
     """Features as a 1-D float64 array, or CoreError naming the field."""
-    if isinstance(features, np.ndarray) and features.dtype == np.float64 and features.ndim == 1:
-        return cast(NDArray[np.float64], features)
+    # Fast path first: this runs on every select/update, so it avoids isinstance chains.
+    if type(features) is np.ndarray and features.dtype is _F64 and features.ndim == 1:
+        return cast("NDArray[np.float64]", features)
     try:
         arr = np.asarray(features, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -82,7 +86,7 @@ def _features(features: object) -> NDArray[np.float64]:
 
 
 def _arm_name(arm: object, field: str = "arm") -> str:
-    if not isinstance(arm, str):
+    if type(arm) is not str and not isinstance(arm, str):
         raise CoreError(f"{field}: must be a string, got {type(arm).__name__}")
     return arm
 
@@ -94,6 +98,8 @@ def _arm_names(arms: object, field: str) -> list[str]:
 
 
 def _number(value: object, field: str) -> float:
+    if type(value) is float:
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
         raise CoreError(f"{field}: must be a number, got {type(value).__name__}")
     return float(value)

@@ -31,12 +31,12 @@ pub struct Arm {
 }
 
 impl Arm {
-    /// A fresh arm; `linear` carries `(dim, ridge)` for linear policies.
-    pub fn new(name: String, linear: Option<(usize, f64)>) -> Self {
+    /// A fresh arm; `linear` carries `(dim, ridge, discounted)` for linear policies.
+    pub fn new(name: String, linear: Option<(usize, f64, bool)>) -> Self {
         Arm {
             name,
             sums: ScalarSums::default(),
-            linear: linear.map(|(dim, ridge)| LinearStats::new(dim, ridge)),
+            linear: linear.map(|(dim, ridge, discounted)| LinearStats::new(dim, ridge, discounted)),
             delta: ScalarSums::default(),
         }
     }

@@ -145,11 +145,11 @@ impl Bandit {
     }
 
     pub(crate) fn new_arm(&self, name: String) -> Arm {
-        let linear = self
-            .config
-            .kind
-            .is_linear()
-            .then_some((self.config.dim, self.config.ridge));
+        let linear = self.config.kind.is_linear().then_some((
+            self.config.dim,
+            self.config.ridge,
+            self.config.discount < 1.0,
+        ));
         Arm::new(name, linear)
     }
 

@@ -2,10 +2,9 @@
 //! storage every linear policy uses for `A` and `A⁻¹`: the quadratic form and the matvec read
 //! half the memory of a full matrix, and at d = 386 that halving is most of the speed.
 //!
-//! Each kernel is written once as a plain loop with several independent accumulators (so LLVM
-//! can vectorise it without reassociating a single sum) and compiled twice: a portable copy
-//! and an AVX2+FMA copy chosen at run time. The two copies round differently in the last bit
-//! (fused multiply-add), which is why cross-machine tests compare to a tolerance, not bits.
+//! Each kernel has a portable version (plain loops with independent accumulators) and an
+//! explicit AVX2+FMA version chosen at run time. The two round differently in the last bits
+//! (fused multiply-add, summation order), which is why tests compare them to a tolerance.
 
 /// Number of stored entries of a packed symmetric `dim x dim` matrix.
 pub const fn packed_len(dim: usize) -> usize {
@@ -35,131 +34,241 @@ pub fn packed_get(m: &[f64], dim: usize, i: usize, j: usize) -> f64 {
 }
 
 #[inline(always)]
-fn madd<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-#[inline(always)]
-fn dot_impl<const FMA: bool>(a: &[f64], b: &[f64]) -> f64 {
+fn dot_portable(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f64; 8];
-    let chunks = n / 8;
-    for c in 0..chunks {
-        let (ac, bc) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
-        for k in 0..8 {
-            acc[k] = madd::<FMA>(ac[k], bc[k], acc[k]);
-        }
+    // Four independent sums so the loop is not one long dependency chain.
+    let mut acc = [0.0f64; 4];
+    let mut ca = a.chunks_exact(4);
+    let mut cb = b.chunks_exact(4);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        acc[0] += x[0] * y[0];
+        acc[1] += x[1] * y[1];
+        acc[2] += x[2] * y[2];
+        acc[3] += x[3] * y[3];
     }
-    let mut tail = 0.0;
-    for k in chunks * 8..n {
-        tail = madd::<FMA>(a[k], b[k], tail);
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
 }
 
 #[inline(always)]
-fn axpy_impl<const FMA: bool>(alpha: f64, x: &[f64], y: &mut [f64]) {
+fn axpy_portable(alpha: f64, x: &[f64], y: &mut [f64]) {
     let n = x.len().min(y.len());
     for (yi, xi) in y[..n].iter_mut().zip(&x[..n]) {
-        *yi = madd::<FMA>(alpha, *xi, *yi);
+        *yi += alpha * *xi;
     }
 }
 
-/// `x^T M x` for packed symmetric `M`.
-#[inline(always)]
-fn quad_impl<const FMA: bool>(m: &[f64], x: &[f64]) -> f64 {
+fn quad_portable(m: &[f64], x: &[f64]) -> f64 {
     let dim = x.len();
     let mut total = 0.0;
     let mut off = 0;
     for i in 0..dim {
         let row = &m[off..off + dim - i];
-        let off_diag = dot_impl::<FMA>(&row[1..], &x[i + 1..]);
-        total += x[i] * madd::<FMA>(2.0, off_diag, row[0] * x[i]);
+        let off_diag = dot_portable(&row[1..], &x[i + 1..]);
+        total += x[i] * (row[0] * x[i] + 2.0 * off_diag);
         off += dim - i;
     }
     total
 }
 
-/// `y = M x` for packed symmetric `M` in one pass over `M`.
-#[inline(always)]
-fn matvec_impl<const FMA: bool>(m: &[f64], x: &[f64], y: &mut [f64]) {
+fn matvec_portable(m: &[f64], x: &[f64], y: &mut [f64]) {
     let dim = x.len();
     y[..dim].fill(0.0);
     let mut off = 0;
     for i in 0..dim {
         let row = &m[off..off + dim - i];
         let xi = x[i];
-        // Row i contributes the dot product to y[i] and, by symmetry, xi * M[i, j] to y[j].
-        let s = dot_impl::<FMA>(&row[1..], &x[i + 1..]);
-        axpy_impl::<FMA>(xi, &row[1..], &mut y[i + 1..dim]);
-        y[i] += madd::<FMA>(row[0], xi, s);
+        // Row i gives y[i] its dot product and, by symmetry, xi * M[i, j] to every y[j].
+        let s = dot_portable(&row[1..], &x[i + 1..]);
+        axpy_portable(xi, &row[1..], &mut y[i + 1..dim]);
+        y[i] += row[0] * xi + s;
         off += dim - i;
     }
 }
 
-/// `M += alpha * u u^T` on the packed upper triangle.
-#[inline(always)]
-fn rank1_impl<const FMA: bool>(m: &mut [f64], alpha: f64, u: &[f64]) {
+fn rank1_portable(m: &mut [f64], alpha: f64, u: &[f64]) {
     let dim = u.len();
     let mut off = 0;
     for i in 0..dim {
-        let a = alpha * u[i];
-        axpy_impl::<FMA>(a, &u[i..], &mut m[off..off + dim - i]);
+        axpy_portable(alpha * u[i], &u[i..], &mut m[off..off + dim - i]);
         off += dim - i;
+    }
+}
+
+/// Explicit AVX2+FMA versions; every function requires the CPU features (checked by the
+/// dispatchers below before any call).
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256d) -> f64 {
+        let lo = _mm256_castpd256_pd128(v);
+        let hi = _mm256_extractf128_pd::<1>(v);
+        let s = _mm_add_pd(lo, hi);
+        let h = _mm_unpackhi_pd(s, s);
+        _mm_cvtsd_f64(_mm_add_sd(s, h))
+    }
+
+    /// Lane masks for the last 0..=3 elements: the tail is a masked load instead of a
+    /// scalar loop whose varying trip count (rows of a packed matrix shrink by one each)
+    /// would cost a branch misprediction per row.
+    static TAIL_MASKS: [[i64; 4]; 4] =
+        [[0, 0, 0, 0], [-1, 0, 0, 0], [-1, -1, 0, 0], [-1, -1, -1, 0]];
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tail_mask(rem: usize) -> __m256i {
+        _mm256_loadu_si256(TAIL_MASKS[rem].as_ptr().cast())
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f64], b: &[f64]) -> f64 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_pd();
+        let mut acc1 = _mm256_setzero_pd();
+        let mut i = 0;
+        while i + 8 <= n {
+            acc0 = _mm256_fmadd_pd(_mm256_loadu_pd(pa.add(i)), _mm256_loadu_pd(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_pd(
+                _mm256_loadu_pd(pa.add(i + 4)),
+                _mm256_loadu_pd(pb.add(i + 4)),
+                acc1,
+            );
+            i += 8;
+        }
+        if i + 4 <= n {
+            acc0 = _mm256_fmadd_pd(_mm256_loadu_pd(pa.add(i)), _mm256_loadu_pd(pb.add(i)), acc0);
+            i += 4;
+        }
+        // Masked lanes are neither read nor faulted on.
+        let m = tail_mask(n - i);
+        let ta = _mm256_maskload_pd(pa.add(i), m);
+        let tb = _mm256_maskload_pd(pb.add(i), m);
+        acc1 = _mm256_fmadd_pd(ta, tb, acc1);
+        hsum(_mm256_add_pd(acc0, acc1))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
+        let n = x.len().min(y.len());
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm256_set1_pd(alpha);
+        let mut i = 0;
+        while i + 4 <= n {
+            let r = _mm256_fmadd_pd(va, _mm256_loadu_pd(px.add(i)), _mm256_loadu_pd(py.add(i)));
+            _mm256_storeu_pd(py.add(i), r);
+            i += 4;
+        }
+        let m = tail_mask(n - i);
+        let r = _mm256_fmadd_pd(
+            va,
+            _mm256_maskload_pd(px.add(i), m),
+            _mm256_maskload_pd(py.add(i), m),
+        );
+        _mm256_maskstore_pd(py.add(i), m, r);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quad(m: &[f64], x: &[f64]) -> f64 {
+        let dim = x.len();
+        let mut total = 0.0;
+        let mut off = 0;
+        for i in 0..dim {
+            let row = &m[off..off + dim - i];
+            let off_diag = dot(&row[1..], &x[i + 1..]);
+            total += x[i] * (row[0] * x[i] + 2.0 * off_diag);
+            off += dim - i;
+        }
+        total
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn matvec(m: &[f64], x: &[f64], y: &mut [f64]) {
+        let dim = x.len();
+        y[..dim].fill(0.0);
+        let mut off = 0;
+        for i in 0..dim {
+            let row = &m[off..off + dim - i];
+            let xi = x[i];
+            let s = dot(&row[1..], &x[i + 1..]);
+            axpy(xi, &row[1..], &mut y[i + 1..dim]);
+            y[i] += row[0] * xi + s;
+            off += dim - i;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rank1(m: &mut [f64], alpha: f64, u: &[f64]) {
+        let dim = u.len();
+        let mut off = 0;
+        for i in 0..dim {
+            axpy(alpha * u[i], &u[i..], &mut m[off..off + dim - i]);
+            off += dim - i;
+        }
+    }
+}
+
+/// Whether the AVX2+FMA kernels may run (std caches the CPU check).
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
 macro_rules! dispatch {
-    ($(#[$doc:meta])* $name:ident, $imp:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($(#[$doc:meta])* $name:ident, $fast:ident, $portable:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         $(#[$doc])*
+        #[inline]
         pub fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($arg: $ty),*) -> $ret {
-                    $imp::<true>($($arg),*)
-                }
                 if has_avx2_fma() {
-                    // SAFETY: the CPU was just checked to support AVX2 and FMA.
-                    return unsafe { fast($($arg),*) };
+                    // SAFETY: the CPU was just checked to support AVX2 and FMA, and the
+                    // kernels only read and write within the slices they are given.
+                    return unsafe { avx::$fast($($arg),*) };
                 }
             }
-            $imp::<false>($($arg),*)
+            $portable($($arg),*)
         }
     };
 }
 
-/// Whether the AVX2+FMA copies may run (cached by std after the first call).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub fn has_avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-
 dispatch!(
     /// Dot product of two slices (over the shorter length).
-    dot, dot_impl, (a: &[f64], b: &[f64]) -> f64
+    dot, dot, dot_portable, (a: &[f64], b: &[f64]) -> f64
 );
 dispatch!(
-    /// `y += alpha * x`.
-    axpy, axpy_impl, (alpha: f64, x: &[f64], y: &mut [f64]) -> ()
+    /// `y += alpha * x` (over the shorter length).
+    axpy, axpy, axpy_portable, (alpha: f64, x: &[f64], y: &mut [f64]) -> ()
 );
 dispatch!(
     /// Quadratic form `x^T M x` of a packed symmetric matrix; `x.len()` is the dimension.
-    quad_form, quad_impl, (m: &[f64], x: &[f64]) -> f64
+    quad_form, quad, quad_portable, (m: &[f64], x: &[f64]) -> f64
 );
 dispatch!(
     /// `y = M x` for a packed symmetric matrix; `x.len()` is the dimension.
-    sym_matvec, matvec_impl, (m: &[f64], x: &[f64], y: &mut [f64]) -> ()
+    sym_matvec, matvec, matvec_portable, (m: &[f64], x: &[f64], y: &mut [f64]) -> ()
 );
 dispatch!(
     /// `M += alpha * u u^T` on a packed symmetric matrix; `u.len()` is the dimension.
-    rank1_update, rank1_impl, (m: &mut [f64], alpha: f64, u: &[f64]) -> ()
+    rank1_update, rank1, rank1_portable, (m: &mut [f64], alpha: f64, u: &[f64]) -> ()
 );
 
 #[cfg(test)]

@@ -41,19 +41,31 @@ pub struct LinearStats {
     /// Buffered rank-1 terms for `a`: weights already divided by `scale`, vectors row-major.
     pub(crate) pending_w: Vec<f64>,
     pub(crate) pending_x: Vec<f64>,
-    /// The same buffered terms with their raw (unscaled) weights, for `delta_xx`.
+    /// The same buffered terms with their raw (unscaled) weights, for an explicit delta.
     pub(crate) pending_raw: Vec<f64>,
-    /// `Σ dw·x·xᵀ` (packed) and `Σ c·x` applied locally since the last `take_delta`.
-    pub(crate) delta_xx: Vec<f64>,
+    /// Whether `delta_xx` is tracked term by term. Without discounting it is not: the local
+    /// `Σ dw·x·xᵀ` since the last take is `A − delta_base`, which saves a matrix pass per
+    /// update. With discounting `A` decays, so the undiscounted sum is tracked explicitly.
+    pub(crate) explicit_delta: bool,
+    /// Explicit: `Σ dw·x·xᵀ` since the last take. Otherwise: `A` at the last take plus every
+    /// delta merged since (packed).
+    pub(crate) delta_base: Vec<f64>,
+    /// `Σ c·x` applied locally since the last `take_delta`.
     pub(crate) delta_rx: Vec<f64>,
 }
 
 impl LinearStats {
     /// Fresh statistics: `A = ridge·I`, `b = 0`.
-    pub fn new(dim: usize, ridge: f64) -> Self {
+    pub fn new(dim: usize, ridge: f64, explicit_delta: bool) -> Self {
+        let a = packed_scaled_identity(dim, ridge);
+        let delta_base = if explicit_delta {
+            vec![0.0; packed_len(dim)]
+        } else {
+            a.clone()
+        };
         LinearStats {
             dim,
-            a: packed_scaled_identity(dim, ridge),
+            a,
             a_inv: packed_scaled_identity(dim, 1.0 / ridge),
             b: vec![0.0; dim],
             theta: vec![0.0; dim],
@@ -62,7 +74,8 @@ impl LinearStats {
             pending_w: Vec::with_capacity(PENDING),
             pending_x: Vec::with_capacity(PENDING * dim),
             pending_raw: Vec::with_capacity(PENDING),
-            delta_xx: vec![0.0; packed_len(dim)],
+            explicit_delta,
+            delta_base,
             delta_rx: vec![0.0; dim],
         }
     }
@@ -160,7 +173,7 @@ impl LinearStats {
         }
     }
 
-    /// Folds the buffered rank-1 terms into `a` and `delta_xx` in one pass over each.
+    /// Folds the buffered rank-1 terms into `a` (and an explicit delta) in one pass.
     pub fn flush(&mut self) {
         let d = self.dim;
         let n = self.pending_w.len();
@@ -171,12 +184,19 @@ impl LinearStats {
         for i in 0..d {
             let len = d - i;
             let row = &mut self.a[off..off + len];
-            let drow = &mut self.delta_xx[off..off + len];
             for p in 0..n {
                 let xp = &self.pending_x[p * d..(p + 1) * d];
                 if xp[i] != 0.0 {
                     axpy(self.pending_w[p] * xp[i], &xp[i..], row);
-                    axpy(self.pending_raw[p] * xp[i], &xp[i..], drow);
+                }
+            }
+            if self.explicit_delta {
+                let drow = &mut self.delta_base[off..off + len];
+                for p in 0..n {
+                    let xp = &self.pending_x[p * d..(p + 1) * d];
+                    if xp[i] != 0.0 {
+                        axpy(self.pending_raw[p] * xp[i], &xp[i..], drow);
+                    }
                 }
             }
             off += len;
@@ -189,7 +209,19 @@ impl LinearStats {
     /// Returns `(Σ dw·x·xᵀ, Σ c·x)` accumulated since the last call and resets both.
     pub fn take_delta(&mut self) -> (Vec<f64>, Vec<f64>) {
         self.flush();
-        let xx = std::mem::replace(&mut self.delta_xx, vec![0.0; packed_len(self.dim)]);
+        let xx = if self.explicit_delta {
+            std::mem::replace(&mut self.delta_base, vec![0.0; packed_len(self.dim)])
+        } else {
+            // Without discounting the lazy scale is always 1, so `a` is the true A.
+            let xx = self
+                .a
+                .iter()
+                .zip(&self.delta_base)
+                .map(|(a, b)| a - b)
+                .collect();
+            self.delta_base.copy_from_slice(&self.a);
+            xx
+        };
         let rx = std::mem::replace(&mut self.delta_rx, vec![0.0; self.dim]);
         (xx, rx)
     }
@@ -232,6 +264,12 @@ impl LinearStats {
         let a_inv = invert_spd_packed(&a, self.dim).ok_or_else(|| {
             CoreError::corrupt("delta", "merged statistics are not positive definite")
         })?;
+        if !self.explicit_delta {
+            // Merged terms are not local: keep them out of the next take (no echo).
+            for (b, m) in self.delta_base.iter_mut().zip(xx) {
+                *b += m;
+            }
+        }
         self.a = a;
         self.a_inv = a_inv;
         for (b, r) in self.b.iter_mut().zip(rx) {

@@ -3,7 +3,7 @@
 //! Layout (little-endian): magic `CNDTSNAP`, format version u16, kind u8, the config, the
 //! policy version, the random stream's position, the arms (name, sums, pending delta sums,
 //! then for linear arms `A`, `A⁻¹` packed, `b`, `θ`, the lazy scale, the re-factorisation
-//! counter and the pending delta matrices), and a CRC-32 of all of it. Loading checks the
+//! counter and the pending delta's base matrix and vector), and a CRC-32 of all of it. Loading checks the
 //! checksum and every dimension before building anything, so a snapshot is never half-loaded.
 
 use rand::SeedableRng;
@@ -94,7 +94,7 @@ impl Bandit {
                     w.f64s(&lin.theta);
                     w.f64(lin.scale);
                     w.u64(lin.since_refactor);
-                    w.f64s(&lin.delta_xx);
+                    w.f64s(&lin.delta_base);
                     w.f64s(&lin.delta_rx);
                 }
                 None => w.u8(0),
@@ -171,7 +171,8 @@ impl Bandit {
                         pending_w: Vec::with_capacity(PENDING),
                         pending_x: Vec::with_capacity(PENDING * dim),
                         pending_raw: Vec::with_capacity(PENDING),
-                        delta_xx: r.f64s(p, "delta")?,
+                        explicit_delta: config.discount < 1.0,
+                        delta_base: r.f64s(p, "delta")?,
                         delta_rx: r.f64s(dim, "delta")?,
                     };
                     if lin.scale <= 0.0 {
