@@ -7,6 +7,8 @@ In one run, each server in its own process and the load generator in another (cl
 every worker sends its next request when the previous answer arrives), at concurrency 1, 8
 and 32, over loopback:
 - echo: benches/echo_server.py, a bare grpc.aio unary method returning its request bytes;
+- proto (diagnostic, no target): the same server parsing a RouteRequest and returning a
+  constant RouteResponse, i.e. echo plus protobuf on both sides;
 - route: the sidecar's Route alone;
 - mix: 1 Route : 1 Track : 0.3 RecordFeedback per worker iteration (each RPC counted).
 Route and mix run on the in-memory store and on the embedded SQLite default.
@@ -66,6 +68,11 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
     await channel.channel_ready()
     stub = pb_grpc.ConduitServiceStub(channel)
     echo = channel.unary_unary("/bench.Echo/Echo")
+    proto = channel.unary_unary(
+        "/bench.Echo/Proto",
+        request_serializer=pb.RouteRequest.SerializeToString,
+        response_deserializer=pb.RouteResponse.FromString,
+    )
     echo_payload = _route_request(pb, random.Random(0)).SerializeToString()
     thumbs = struct_pb2.Struct()
     thumbs.update({"value": "up"})
@@ -86,6 +93,9 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
             state["sent"] += 1
             if args.workload == "echo":
                 await timed("Echo", echo(echo_payload))
+                continue
+            if args.workload == "proto":
+                await timed("Proto", proto(_route_request(pb, rng)))
                 continue
             decision = await timed("Route", stub.Route(_route_request(pb, rng)))
             if args.workload == "route":
@@ -196,7 +206,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, dict[int, dict[str
         for store in args.stores:
             url = "memory://" if store == "memory" else f"sqlite:///{tmp / f'{store}.db'}"
             servers[store] = Server(sidecar_argv(url), tmp / f"{store}.log")
-        plans = [("echo", "echo", "echo")]
+        plans = [("echo", "echo", "echo"), ("proto", "proto", "echo")]
         for store in args.stores:
             plans += [(f"route/{store}", "route", store), (f"mix/{store}", "mix", store)]
         results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name, _, _ in plans}
@@ -267,7 +277,7 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command")
     load = sub.add_parser("load")
     load.add_argument("--target", required=True)
-    load.add_argument("--workload", choices=("echo", "route", "mix"), required=True)
+    load.add_argument("--workload", choices=("echo", "proto", "route", "mix"), required=True)
     load.add_argument("--concurrency", type=int, required=True)
     load.add_argument("--duration-s", type=float, required=True)
     load.add_argument("--warmup-s", type=float, default=0.5)

@@ -1,6 +1,10 @@
-"""The ceiling for bench_grpc.py: a bare grpc.aio server with one unary method that returns
+"""The ceiling for bench_grpc.py: a bare grpc.aio server whose unary method `Echo` returns
 its request bytes untouched (no protobuf, no interceptors, no application code), configured
 like the sidecar (same message size options, so_reuseport off).
+
+A second method, `Proto`, is a diagnostic: it parses a conduit.v1.RouteRequest and returns a
+constant, realistic RouteResponse (11 scores), so `Echo` -> `Proto` is the cost of protobuf
+and `Proto` -> the sidecar's `Route` is the cost of the sidecar's own code.
 
     python benches/echo_server.py [--listen 127.0.0.1:0]
 
@@ -22,6 +26,30 @@ async def _echo(request: bytes, context: object) -> bytes:
     return request
 
 
+def _proto_handler() -> grpc.RpcMethodHandler:
+    from conduit_sidecar._proto import conduit_pb2 as pb
+
+    response = pb.RouteResponse(
+        query_id="0" * 32,
+        selected_model="gpt-4o-mini",
+        confidence=0.62,
+        propensity=1.0,
+        scores={f"model-{i}": 0.5 + i / 100 for i in range(11)},
+        reasoning="gpt-4o-mini: highest upper confidence bound for this context",
+        policy_version=12345,
+        reward_weights=pb.RewardWeights(quality=0.6, cost=0.2, latency=0.2),
+    )
+
+    async def proto(request: object, context: object) -> object:
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(
+        proto,
+        request_deserializer=pb.RouteRequest.FromString,
+        response_serializer=pb.RouteResponse.SerializeToString,
+    )
+
+
 async def serve(listen: str) -> None:
     server = grpc.aio.server(
         options=[
@@ -34,7 +62,11 @@ async def serve(listen: str) -> None:
         _echo, request_deserializer=None, response_serializer=None
     )
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Echo", {"Echo": handler, "Proto": _proto_handler()}
+            ),
+        )
     )
     port = server.add_insecure_port(listen)
     await server.start()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -30,9 +31,12 @@ _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 # Connection failures of the store drivers that a store may let escape; all mean "retry later".
+# sqlite3.OperationalError is a locked database (past the busy timeout), a full disk or an
+# unopenable file: the store, not the request, is the problem.
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
+    sqlite3.OperationalError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -256,3 +257,27 @@ def test_unreachable_store_is_unavailable(tmp_path: Path) -> None:
         if redis.poll() is None:
             redis.kill()
             redis.wait()
+
+
+def test_locked_sqlite_store_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    db = tmp_path / "conduit.db"
+    server = Sidecar(["--store-url", f"sqlite:///{db}"], tmp_path / "sidecar.log")
+    try:
+        with server.channel() as channel:
+            stub = server.stub(channel)
+            stub.Route(pb.RouteRequest(text="creates the tables"))
+            # Another process holding the write lock past the store's busy timeout (10 s).
+            lock = sqlite3.connect(db, timeout=1, isolation_level=None)
+            lock.execute("BEGIN EXCLUSIVE")
+            try:
+                expect(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "database is locked",
+                    lambda: stub.Route(pb.RouteRequest(text="blocked"), timeout=30),
+                )
+            finally:
+                lock.execute("COMMIT")
+                lock.close()
+            assert stub.Route(pb.RouteRequest(text="works again")).selected_model
+    finally:
+        assert server.terminate() == 0
