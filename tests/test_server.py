@@ -249,3 +249,17 @@ async def test_shutdown_runs_every_hook_after_draining() -> None:
     server.on_shutdown += [sync_hook, failing_hook, async_hook]
     await server.shutdown()
     assert calls == ["sync", "failing", f"async:{NOT_SERVING}"]
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:1/0", "postgresql://conduit:pw@127.0.0.1:1/conduit"]
+)
+def test_an_unreachable_store_at_startup_exits_1_without_leaking_secrets(url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
+         "--store-url", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "unavailable" in result.stderr and "Traceback" not in result.stderr
+    assert ":pw@" not in result.stderr
