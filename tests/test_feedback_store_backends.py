@@ -59,6 +59,7 @@ async def test_an_unreachable_store_raises_unavailable(backend: str, tmp_path: o
     decision = await routed(collector)
     with pytest.raises(Unavailable) as info:
         await collector.track(decision, cost=0.001)
+    assert "feedback store unreachable" in str(info.value)
     assert {"sqlite": "SQLite", "redis": "Redis", "postgres": "PostgreSQL"}[backend] in str(
         info.value
     )

@@ -145,7 +145,7 @@ class PostgresFeedbackStore(FeedbackStore):
             raise
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise Unavailable(
-                f"PostgreSQL feedback store {self._safe_url()} unavailable ({what}): {exc}"
+                f"PostgreSQL feedback store unreachable at {self._safe_url()} ({what}): {exc}"
             ) from exc
 
     async def initialize(self) -> None:

@@ -203,7 +203,7 @@ class RedisFeedbackStore(FeedbackStore):
             async with self._slots:
                 return await awaitable
         except RedisError as exc:
-            raise Unavailable(f"Redis feedback store unavailable ({what}): {exc}") from exc
+            raise Unavailable(f"Redis feedback store unreachable ({what}): {exc}") from exc
         except OSError as exc:
             raise Unavailable(f"Redis feedback store unreachable ({what}): {exc}") from exc
 

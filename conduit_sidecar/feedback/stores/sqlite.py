@@ -114,7 +114,7 @@ class SqliteFeedbackStore(FeedbackStore):
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
-            raise Unavailable(f"SQLite feedback store {self.path!r} is closed")
+            raise Unavailable(f"SQLite feedback store unreachable at {self.path!r}: closed")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn)
 
@@ -124,7 +124,7 @@ class SqliteFeedbackStore(FeedbackStore):
                 self._conn = self._open()
             return fn(self._conn)
         except sqlite3.Error as exc:
-            raise Unavailable(f"SQLite feedback store {self.path!r}: {exc}") from exc
+            raise Unavailable(f"SQLite feedback store unreachable at {self.path!r}: {exc}") from exc
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
