@@ -9,17 +9,31 @@ width, epsilon, seeds) may change freely between restarts.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from typing import Any
 
-from conduit_sidecar.bandit import PolicyConfig
+from conduit_sidecar.bandit import FeatureHasher, PolicyConfig
 from conduit_sidecar.errors import ConduitError
 
 SNAPSHOT_FORMAT = 1
 """Version of the metadata written next to every base snapshot."""
 
-FEATURE_HASHER_VERSION = 1
-"""Version of the text feature map (DESIGN section 3). Bump it whenever FeatureHasher would
-give another vector for the same text, so old statistics are refused instead of misread."""
+_PROBE_TEXT = (
+    "Conduit feature probe: Summarise THIS contract, then sort [3, 1, 2] in Python!\n"
+    "```def f(x): return x``` 42 caf\u00e9 \u6f22\u5b57 why? because."
+)
+
+
+@functools.lru_cache(maxsize=8)
+def feature_map_digest(dim: int) -> str:
+    """A digest of the feature hasher's output for a fixed probe text (DESIGN section 3: the
+    same text gives the same vector on every machine). Any change to the feature map, even
+    one nobody remembered to version, changes it, so old statistics are refused instead of
+    silently misread."""
+    vector = FeatureHasher(dim).featurize(_PROBE_TEXT)
+    return hashlib.sha256(vector.astype("<f8").tobytes()).hexdigest()[:16]
+
 
 # Settings that shape the statistics themselves, with the flag that sets each.
 _FLAGS = {
@@ -46,7 +60,7 @@ def fingerprint(config: PolicyConfig) -> dict[str, Any]:
     return {
         "policy": config.kind,
         "feature_dim": config.dim,
-        "hasher": FEATURE_HASHER_VERSION,
+        "hasher": feature_map_digest(config.dim),
         "ridge": config.ridge,
         "prior_alpha": config.prior_alpha,
         "prior_beta": config.prior_beta,
@@ -61,6 +75,8 @@ def check_compatible(
     differences = {
         key: (stored.get(key), value) for key, value in current.items() if stored.get(key) != value
     }
+    if "feature_dim" in differences:
+        differences.pop("hasher", None)  # another dimension always hashes differently
     if not differences:
         return
     written = ", ".join(f"{key}={old!r}" for key, (old, _) in differences.items())
@@ -70,11 +86,15 @@ def check_compatible(
         for key, (old, _) in differences.items()
         if (flag := _FLAGS.get(key)) is not None and old is not None
     ]
-    keep = (
-        f"start this sidecar with the snapshot's settings ({' '.join(flags)})"
-        if flags
-        else "start this sidecar with the snapshot's settings"
-    )
+    if flags:
+        keep = f"start this sidecar with the snapshot's settings ({' '.join(flags)})"
+    elif "hasher" in differences:
+        keep = (
+            "run the Conduit version that wrote it (this version maps text to features "
+            "differently, so the old statistics cannot be reused)"
+        )
+    else:
+        keep = "start this sidecar with the snapshot's settings"
     raise IncompatibleSnapshot(
         f"the policy snapshot in {where} was written with {written}, but this sidecar uses "
         f"{ours}. Nothing was loaded and nothing was deleted. To keep what was learned, {keep}; "
