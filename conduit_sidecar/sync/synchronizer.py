@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conduit_sidecar.bandit import BanditPolicy
 from conduit_sidecar.errors import Unavailable
+from conduit_sidecar.sync.eager import EagerHooks
 from conduit_sidecar.sync.folding import (
     CatalogueChange,
     PolicyFolder,
@@ -55,7 +54,6 @@ EAGER_POLL_S = 0.2
 """How often other replicas' deltas are read when sync_interval_s = 0."""
 
 _RESTORE_ATTEMPTS = 8
-_COLLECTOR_METHODS = ("record", "track", "record_session_feedback")
 
 
 @dataclass
@@ -128,7 +126,7 @@ class PolicySynchronizer:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._hooked: list[tuple[object, str]] = []
+        self._hooks = EagerHooks(self.flush, self._wake.set)
         self._restored = False
         self._stopping = False
         self._failing_since: float | None = None
@@ -141,13 +139,13 @@ class PolicySynchronizer:
         if not self._restored:
             await self.restore()
         if self.sync_interval_s == 0.0:
-            self._install_hooks()
+            self._hooks.install(self.router, self.collector)
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"policy-sync-{self.replica_id[:8]}")
 
     async def stop(self) -> None:
         """Stops the loop, publishes what is left and writes a snapshot (shutdown hook)."""
-        self._remove_hooks()
+        self._hooks.remove()
         self._stopping = True
         self._wake.set()
         if self._task is not None:
@@ -384,39 +382,3 @@ class PolicySynchronizer:
             self._last_failure_log = 0.0
         self.status.last_success_s = now
         self.status.last_error = None
-
-    # ------------------------------------------------------------------ eager mode hooks
-
-    def _install_hooks(self) -> None:
-        router: Any = self.router
-        sync_apply = router.apply_observation
-
-        @functools.wraps(sync_apply)
-        def apply_observation(*args: Any, **kwargs: Any) -> None:
-            sync_apply(*args, **kwargs)
-            self._wake.set()  # callers that cannot await still publish within one loop turn
-
-        setattr(router, "apply_observation", apply_observation)  # noqa: B010
-        self._hooked.append((router, "apply_observation"))
-        self._wrap_async(router, "update")
-        if self.collector is not None:
-            for name in _COLLECTOR_METHODS:
-                self._wrap_async(self.collector, name)
-
-    def _wrap_async(self, target: object, name: str) -> None:
-        method: Callable[..., Awaitable[Any]] = getattr(target, name)
-
-        @functools.wraps(method)
-        async def published(*args: Any, **kwargs: Any) -> Any:
-            result = await method(*args, **kwargs)
-            await self.flush()
-            return result
-
-        setattr(target, name, published)
-        self._hooked.append((target, name))
-
-    def _remove_hooks(self) -> None:
-        for target, name in reversed(self._hooked):
-            with contextlib.suppress(AttributeError):
-                delattr(target, name)  # the instance attribute; the class method shows again
-        self._hooked.clear()
