@@ -19,7 +19,15 @@ from pathlib import Path
 import grpc
 import pytest
 from sync_backends import closed_port
-from test_sync_sidecars import Routed, replay, route, start, thumbs, wait_until_agree
+from test_sync_sidecars import (
+    recovered,
+    replay,
+    route,
+    routes_during_outage,
+    start,
+    thumbs,
+    wait_until_agree,
+)
 
 from conduit_sidecar._proto import conduit_pb2 as pb
 
@@ -116,19 +124,12 @@ def test_postgres_restart_fails_fast_then_recovers_without_restart(
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
             assert time.monotonic() - began < 12.0  # bounded by the store's connect timeout
             assert info.value.details()
+        routes_during_outage(a)
         time.sleep(1.0)  # sync rounds fail meanwhile; the sidecars keep running
 
         postgres.start()
-        more: list[Routed] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not more:
-            try:
-                more.append(route(a, 100))
-            except grpc.RpcError:
-                time.sleep(0.2)
-        assert more, "Route did not recover within 20 s of PostgreSQL returning"
+        more = [recovered(a, b)]
         r = more[0]
-        b.Track(pb.TrackRequest(query_id=r.query_id, cost_usd=r.cost_usd, latency_s=r.latency_s))
         assert not b.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10).duplicate
         wait_until_agree([a, b], replay(routed + more))
         for s in sidecars:
