@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sync_backends import BACKENDS, SHARED_BACKENDS, store_factory
+from test_sync_sidecars import PrivateRedis
 
 from conduit_sidecar.bandit import FeatureHasher
 from conduit_sidecar.feedback import FeedbackCollector, FeedbackEvent
 from conduit_sidecar.query import Query
 from conduit_sidecar.router import Router
 from conduit_sidecar.sync.fingerprint import IncompatibleSnapshot
+from conduit_sidecar.sync.redis_store import RedisPolicyStateStore
 from conduit_sidecar.sync.state_store import PolicyStateStore
 from conduit_sidecar.sync.synchronizer import PolicySynchronizer
 
@@ -295,3 +297,31 @@ async def test_zero_interval_publishes_before_the_call_returns(
     finally:
         await writer.stop()
     assert "update" not in vars(writer.router)  # hooks removed at stop
+
+
+async def test_zero_interval_keeps_the_delta_when_the_store_is_down(tmp_path: Path) -> None:
+    # A private redis-server (append-only file) so the test can stop and restart it.
+    redis = PrivateRedis(tmp_path)
+    stores = [RedisPolicyStateStore.from_url(redis.url, namespace="t") for _ in range(2)]
+    writer = PolicySynchronizer(Router(MODELS, feature_dim=DIM), stores[0], sync_interval_s=0.0)
+    reader = PolicySynchronizer(Router(MODELS, feature_dim=DIM), stores[1])
+    try:
+        await writer.restore()
+        await reader.restore()
+        await writer.start()
+        redis.stop()
+        # The update itself succeeded: it must not fail (a retried Update would count twice).
+        await writer.router.update("mid", 0.001, 0.8, 0.5, [1.0] + [0.0] * (DIM - 1))
+        assert writer.status.pending and writer.status.failures >= 1
+        redis.start()
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if not writer.status.pending:
+                break
+        await reader.sync_once()
+        assert_same_policy(reader.router, writer.router)
+    finally:
+        await writer.stop()
+        for store in stores:
+            await store.close()
+        redis.stop()

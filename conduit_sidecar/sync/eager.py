@@ -15,6 +15,8 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from conduit_sidecar.errors import Unavailable
+
 COLLECTOR_METHODS = ("record", "track", "record_session_feedback")
 
 
@@ -49,7 +51,11 @@ class EagerHooks:
         @functools.wraps(method)
         async def published(*args: Any, **kwargs: Any) -> Any:
             result = await method(*args, **kwargs)
-            await flush()
+            # The call itself succeeded: failing it now would make a client retry, and an
+            # `Update` is not idempotent. An unreachable store keeps the delta pending (the
+            # sync loop publishes it when the store returns) and is logged by the synchronizer.
+            with contextlib.suppress(Unavailable):
+                await flush()
             return result
 
         setattr(target, name, published)
