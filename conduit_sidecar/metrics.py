@@ -71,14 +71,25 @@ class SidecarMetrics:
             ("model",),
             registry=self.registry,
         )
+        self._rpc_children: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._selected_children: dict[str, Any] = {}
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
     def observe_rpc(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.rpc_duration.labels(method, code.name).observe(seconds)
+        # Label children are cached: `labels()` takes a lock and builds keys on every call,
+        # which is measurable at thousands of RPCs per second. The label sets are small and
+        # bounded (methods x codes, catalogue models).
+        child = self._rpc_children.get((method, code))
+        if child is None:
+            child = self._rpc_children[(method, code)] = self.rpc_duration.labels(method, code.name)
+        child.observe(seconds)
 
     def selected(self, model: str) -> None:
-        self.selections.labels(model).inc()
+        child = self._selected_children.get(model)
+        if child is None:
+            child = self._selected_children[model] = self.selections.labels(model)
+        child.inc()
 
     def rewarded(self, model: str, reward: float) -> None:
         self.reward.labels(model).observe(reward)

@@ -261,5 +261,5 @@ def test_an_unreachable_store_at_startup_exits_1_without_leaking_secrets(url: st
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1
-    assert "unavailable" in result.stderr and "Traceback" not in result.stderr
+    assert "127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr
     assert ":pw@" not in result.stderr
