@@ -216,7 +216,9 @@ class Router:
         note = ""
         allowed: list[str] | None = None
         if query.constraints is not None:
-            allowed, note = query.constraints.eligible(self._specs, text)
+            eligible, note = query.constraints.eligible(self._specs, text)
+            if len(eligible) < len(self._specs):  # else the policy's own full list is cheaper
+                allowed = eligible
         selection = self.policy.select(x, allowed)
         arm = selection.arm
         scores = selection.scores
