@@ -8,7 +8,6 @@ logged per call; constraints are resolved with a short loop over the (small) cat
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast, get_args
@@ -23,7 +22,7 @@ from conduit_sidecar.models import (
     default_catalogue,
     lookup,
 )
-from conduit_sidecar.query import Query, RoutingDecision
+from conduit_sidecar.query import Query, RoutingDecision, new_query_id
 from conduit_sidecar.reward import (
     PRESETS,
     RewardWeights,
@@ -235,7 +234,7 @@ class Router:
         self._tally[arm].selections += 1
         query_id = query.query_id
         return RoutingDecision(
-            query_id=query_id if query_id is not None else uuid.uuid4().hex,
+            query_id=query_id if query_id is not None else new_query_id(),
             selected_model=arm,
             confidence=confidence,
             features=x.tolist(),

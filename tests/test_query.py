@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 
 import pytest
 
 from conduit_sidecar.errors import InvalidArgument, NoEligibleModel
 from conduit_sidecar.models import EXPECTED_OUTPUT_TOKENS, ModelSpec
-from conduit_sidecar.query import Constraints, Query, RoutingDecision
+from conduit_sidecar.query import Constraints, Query, RoutingDecision, new_query_id
 from conduit_sidecar.reward import RewardWeights
 
 SPECS = {
@@ -28,6 +29,16 @@ def test_query_defaults_and_generated_ids() -> None:
     assert a.query_id != b.query_id
     assert a.metadata == {} and a.metadata is not b.metadata
     assert Query(text="x", query_id="mine").query_id == "mine"
+
+
+def test_generated_ids_are_uuid4_hex() -> None:
+    ids = {new_query_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for value in list(ids)[:50]:
+        parsed = uuid.UUID(hex=value)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert parsed.hex == value
 
 
 def test_no_constraints_keep_everything() -> None:
