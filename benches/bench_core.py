@@ -254,6 +254,27 @@ def _verdicts(cell: Cell) -> str:
     return ", ".join(out)
 
 
+def cpu_ratio(cell: Cell, column: str) -> float | None:
+    """Ratio of calling-thread CPU time per call; NumPy means its single-threaded run."""
+    column = "numpy_1t" if column == BEST_NUMPY else column
+    if "conduit" not in cell.stats or column not in cell.stats:
+        return None
+    return cell.stats[column].cpu_us / cell.stats["conduit"].cpu_us
+
+
+def print_cpu_table(cells: list[Cell]) -> None:
+    cols = ("conduit", "numpy_1t", "mabwiser", "vw", "c_f64")
+    head = ["op", "d", "K", *(f"{c} cpu us" for c in cols)]
+    head += ["numpy_1t/conduit", "mabwiser/conduit", "C/conduit"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for c in cells:
+        row = [c.op, str(c.dim), str(c.n_arms)]
+        row += [f"{c.stats[k].cpu_us:.1f}" if k in c.stats else "-" for k in cols]
+        row += [_fmt_ratio(cpu_ratio(c, k)) for k in (BEST_NUMPY, "mabwiser", "c_f64")]
+        print("| " + " | ".join(row) + " |")
+
+
 def print_table(cells: list[Cell]) -> None:
     head = [
         "op",
@@ -359,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(cells)
     print()
+    print("# CPU time of the calling thread per call (mean over the timed chunks); waiting")
+    print("# for a core while other processes run is not counted. MABWiser's BLAS threads")
+    print("# are not counted either, so its column is an underestimate.")
+    print_cpu_table(cells)
+    print()
     verdicts: list[tuple[str, str]] = []
     for t in TARGETS:
         cell = next(
@@ -368,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         r = None if cell is None else cell.ratio(t.column)
         mark = "n/a" if r is None else ("PASS" if r >= t.min_ratio else "FAIL")
         verdicts.append((t.label(), mark))
-        print(f"{mark:<4} {t.label()}: measured {_fmt_ratio(r)}")
+        cr = None if cell is None else cpu_ratio(cell, t.column)
+        print(f"{mark:<4} {t.label()}: measured {_fmt_ratio(r)} (thread CPU: {_fmt_ratio(cr)})")
     for (dim, k, column), ref_us in ISSUE_REFERENCE_US.items():
         cell = next(
             (c for c in cells if (c.op, c.dim, c.n_arms) == ("select+update", dim, k)), None

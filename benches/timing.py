@@ -40,6 +40,8 @@ class Timed:
     iterations: int = 0
     next_index: int = 0
     samples_ns: list[int] = field(default_factory=list)
+    cpu_ns: int = 0  # CPU time of the calling thread over the timed chunks
+    cpu_calls: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,15 +50,21 @@ class CallStats:
     median_us: float
     p90_us: float
     mean_us: float
+    # Mean CPU time of the calling thread per call (CLOCK_THREAD_CPUTIME_ID over whole
+    # chunks): time spent waiting for a core while another process runs is not counted, so
+    # it is the contention-robust figure. Work done by other threads (NumPy's multithreaded
+    # BLAS) is not counted either, which is why it is compared with single-threaded runs.
+    cpu_us: float
 
     @classmethod
-    def of(cls, samples_ns: Sequence[int]) -> CallStats:
+    def of(cls, samples_ns: Sequence[int], cpu_ns: int, cpu_calls: int) -> CallStats:
         a = np.asarray(samples_ns, dtype=np.float64) / 1000.0
         return cls(
             n=len(a),
             median_us=float(np.median(a)),
             p90_us=float(np.percentile(a, 90)),
             mean_us=float(a.mean()),
+            cpu_us=cpu_ns / 1000.0 / max(cpu_calls, 1),
         )
 
 
@@ -67,6 +75,7 @@ def _run(t: Timed, count: int, n_contexts: int) -> None:
     clock = time.perf_counter_ns
     out = t.samples_ns
     i = t.next_index
+    cpu0 = time.thread_time_ns()
     for _ in range(count):
         t0 = clock()
         step(i)
@@ -75,6 +84,8 @@ def _run(t: Timed, count: int, n_contexts: int) -> None:
         i += 1
         if i == n_contexts:
             i = 0
+    t.cpu_ns += time.thread_time_ns() - cpu0
+    t.cpu_calls += count
     t.next_index = i
 
 
@@ -98,13 +109,14 @@ def interleaved(
         _run(t, warmup, n_contexts)
         per_call_s = max((time.perf_counter_ns() - t0) / 1e9 / warmup, 1e-7)
         t.samples_ns.clear()
+        t.cpu_ns = t.cpu_calls = 0
         t.iterations = int(min(max(budget_s / per_call_s, min_iter), max_iter))
     for r in range(rounds):
         for t in impls:
             lo = t.iterations * r // rounds
             hi = t.iterations * (r + 1) // rounds
             _run(t, hi - lo, n_contexts)
-    return {t.name: CallStats.of(t.samples_ns) for t in impls}
+    return {t.name: CallStats.of(t.samples_ns, t.cpu_ns, t.cpu_calls) for t in impls}
 
 
 class NumpyBlasThreads:
