@@ -36,6 +36,8 @@ class Sidecar:
     def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+        # The default store lives under $XDG_STATE_HOME: keep it inside the test's directory.
+        full_env["XDG_STATE_HOME"] = str(log_path.parent / "state")
         full_env.update(env or {})
         self._log = open(log_path, "w", encoding="utf-8")
         self.proc = subprocess.Popen(
