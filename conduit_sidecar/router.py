@@ -109,6 +109,8 @@ class Router:
         reward_weights: RewardWeights | str = "balanced",
         seed: int = 0,
     ) -> None:
+        if isinstance(models, str):  # a lone id would otherwise be read as one id per letter
+            raise InvalidArgument("models", f"expected a list of model ids, got {models!r}")
         specs = default_catalogue() if models is None else [self._spec(m) for m in models]
         if not specs:
             raise InvalidArgument("models", "at least one model is required")

@@ -74,6 +74,7 @@ def test_policy_config_and_weights_are_configurable() -> None:
     ("args", "kwargs", "field"),
     [
         (([],), {}, "models"),
+        (("gpt-4o",), {}, "models"),
         (([CHEAP, CHEAP],), {}, "models"),
         ((["a", ""],), {}, "models"),
         (([3],), {}, "models"),
