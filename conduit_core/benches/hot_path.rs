@@ -2,7 +2,7 @@
 //! d ∈ {16, 64, 386} and K ∈ {5, 20}, plus feature hashing. The same operations timed
 //! through Python live in `benches/bench_core.py`; the difference is the binding cost.
 //!
-//! Run: `cargo bench -p conduit_core --bench policies`
+//! Run: `cargo bench -p conduit_core --bench hot_path`
 
 use std::hint::black_box;
 

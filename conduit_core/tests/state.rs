@@ -1,0 +1,160 @@
+//! Snapshots and replica deltas: bit-exact round trips, refusal of corrupt or mismatched
+//! bytes without side effects, and merge(a, b) equal to one policy fed both streams.
+
+mod common;
+
+use common::*;
+use conduit_core::{Bandit, PolicyConfig, PolicyKind};
+use proptest::prelude::*;
+
+fn feed(p: &mut Bandit, arms: &[&str], s: &mut Stream, n: usize, dim: usize) {
+    for _ in 0..n {
+        let arm = arms[s.below(arms.len())];
+        let x = s.vector(dim);
+        p.update(arm, &x, s.next_f64(), s.next_f64()).unwrap();
+    }
+}
+
+const KINDS: [PolicyKind; 7] = PolicyKind::ALL;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn snapshot_round_trips_bit_exactly(seed in 1u64..u64::MAX, kind_idx in 0usize..7, n in 0usize..300) {
+        let kind = KINDS[kind_idx];
+        let dim = 5;
+        let mut cfg = PolicyConfig::new(kind, dim);
+        cfg.seed = seed;
+        cfg.fixed_arm = Some("b".into());
+        cfg.refactor_every = 37;
+        let mut p = Bandit::new(cfg, &["a", "b", "c"]).unwrap();
+        let mut s = Stream(seed);
+        feed(&mut p, &["a", "b", "c"], &mut s, n, dim);
+        let x = s.vector(dim);
+        p.select(&x, None).unwrap();
+        let bytes = p.to_bytes();
+        let mut q = Bandit::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(q.to_bytes(), bytes.clone());
+        prop_assert_eq!(q.version(), p.version());
+        // Same statistics and the same random stream: identical decisions from here on.
+        for _ in 0..5 {
+            let x = s.vector(dim);
+            prop_assert_eq!(p.select(&x, None).unwrap(), q.select(&x, None).unwrap());
+            p.update("a", &x, 0.5, 0.5).unwrap();
+            q.update("a", &x, 0.5, 0.5).unwrap();
+        }
+        prop_assert_eq!(p.to_bytes(), q.to_bytes());
+    }
+
+    #[test]
+    fn corrupt_snapshots_are_refused(seed in 1u64..u64::MAX, pos_frac in 0.0f64..1.0, bit in 0u8..8) {
+        let mut p = policy(PolicyKind::LinUcb, 4, &["a", "b"]);
+        let mut s = Stream(seed);
+        feed(&mut p, &["a", "b"], &mut s, 20, 4);
+        let mut bytes = p.to_bytes();
+        let pos = ((bytes.len() - 1) as f64 * pos_frac) as usize;
+        bytes[pos] ^= 1 << bit;
+        prop_assert!(Bandit::from_bytes(&bytes).is_err());
+        let full = p.to_bytes();
+        prop_assert!(Bandit::from_bytes(&full[..pos]).is_err());
+    }
+
+    #[test]
+    fn merge_equals_one_policy_fed_both_streams(seed in 1u64..u64::MAX, kind_idx in 0usize..5) {
+        let kind = KINDS[kind_idx];
+        let dim = 4;
+        let arms = ["a", "b", "c"];
+        let mut one = policy(kind, dim, &arms);
+        let mut left = policy(kind, dim, &arms);
+        let mut right = policy(kind, dim, &["a", "b"]);
+        right.add_arm("d").unwrap(); // unknown to `left`: added fresh by the merge
+        let mut s1 = Stream(seed);
+        let mut s2 = Stream(seed ^ 0x5555);
+        let mut both = Stream(seed);
+        feed(&mut left, &arms, &mut s1, 150, dim);
+        feed(&mut one, &arms, &mut both, 150, dim);
+        let mut both2 = Stream(seed ^ 0x5555);
+        feed(&mut right, &["a", "b", "d"], &mut s2, 120, dim);
+        one.add_arm("d").unwrap();
+        feed(&mut one, &["a", "b", "d"], &mut both2, 120, dim);
+
+        let left_own = left.take_delta();
+        left.merge_delta(&right.take_delta()).unwrap();
+        for arm in ["a", "b", "c", "d"] {
+            let got = left.arm_stats().into_iter().find(|(n, _)| *n == arm).unwrap().1;
+            let want = one.arm_stats().into_iter().find(|(n, _)| *n == arm).unwrap().1;
+            prop_assert!((got.weight_sum - want.weight_sum).abs() < 1e-9);
+            prop_assert!((got.reward_sum - want.reward_sum).abs() < 1e-9);
+            prop_assert_eq!(got.updates, want.updates);
+            if kind.is_linear() {
+                let (a1, ai1, b1, t1) = linear_state(&mut left, arm);
+                let (a2, ai2, b2, t2) = linear_state(&mut one, arm);
+                prop_assert!(max_rel_diff(&a1, &a2) < 1e-12);
+                prop_assert!(max_rel_diff(&b1, &b2) < 1e-12);
+                prop_assert!(max_rel_diff(&ai1, &ai2) < 1e-9);
+                prop_assert!(max_rel_diff(&t1, &t2) < 1e-9);
+            }
+        }
+        // No echo: what `left` sends next holds only its own later updates.
+        let mut fresh = policy(kind, dim, &arms);
+        fresh.merge_delta(&left_own).unwrap();
+        let empty = left.take_delta();
+        let mut probe = fresh.clone();
+        probe.merge_delta(&empty).unwrap();
+        prop_assert_eq!(probe.arm_stats().len(), 3);
+        for ((_, x), (_, y)) in probe.arm_stats().iter().zip(fresh.arm_stats().iter()) {
+            prop_assert_eq!(x, y);
+        }
+    }
+}
+
+#[test]
+fn delta_of_another_dimension_or_family_is_refused_without_change() {
+    let mut p = policy(PolicyKind::LinUcb, 4, &["a"]);
+    p.update("a", &[1.0, 0.0, 0.0, 0.0], 1.0, 1.0).unwrap();
+    let before = p.to_bytes();
+    let mut other_dim = policy(PolicyKind::LinUcb, 5, &["a"]);
+    other_dim
+        .update("a", &[1.0, 0.0, 0.0, 0.0, 0.0], 1.0, 1.0)
+        .unwrap();
+    let err = p.merge_delta(&other_dim.take_delta()).unwrap_err();
+    assert!(err.to_string().contains("dimension 5"), "{err}");
+    let mut scalar = policy(PolicyKind::Ucb1, 4, &["a"]);
+    scalar.update("a", &[1.0, 0.0, 0.0, 0.0], 1.0, 1.0).unwrap();
+    assert!(p.merge_delta(&scalar.take_delta()).is_err());
+    assert!(p.merge_delta(b"garbage").is_err());
+    assert!(
+        p.merge_delta(&p.clone().to_bytes()).is_err(),
+        "a snapshot is not a delta"
+    );
+    assert_eq!(p.to_bytes(), before);
+}
+
+#[test]
+fn snapshot_from_a_future_format_is_refused() {
+    let mut p = policy(PolicyKind::BetaTs, 3, &["a"]);
+    let mut bytes = p.to_bytes();
+    bytes[8] = 99; // format version, low byte
+    let n = bytes.len();
+    let crc = crc32(&bytes[..n - 4]);
+    bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    let err = Bandit::from_bytes(&bytes).unwrap_err().to_string();
+    assert!(err.contains("format version 99"), "{err}");
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    // Bitwise CRC-32 (IEEE), independent of the implementation under test.
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
