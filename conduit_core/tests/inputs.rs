@@ -77,7 +77,8 @@ fn bad_selects_and_arm_changes_are_refused() {
 #[test]
 fn bad_configs_name_their_field() {
     let base = PolicyConfig::new(PolicyKind::LinUcb, 4);
-    let cases: Vec<(Box<dyn Fn(&mut PolicyConfig)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut PolicyConfig)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (Box::new(|c| c.dim = 0), "dim"),
         (Box::new(|c| c.alpha = f64::NAN), "alpha"),
         (Box::new(|c| c.alpha = -1.0), "alpha"),

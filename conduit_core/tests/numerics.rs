@@ -8,6 +8,7 @@ use common::*;
 use conduit_core::{Bandit, PolicyConfig, PolicyKind};
 use proptest::prelude::*;
 
+#[allow(clippy::needless_range_loop)] // (i, j) index two matrices symmetrically
 fn check_inverse(p: &mut Bandit, arm: &str, dim: usize) {
     let (a, a_inv, _, _) = linear_state(p, arm);
     let prod = matmul(&unpack(&a_inv, dim), &unpack(&a, dim));
