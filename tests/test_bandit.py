@@ -1,0 +1,423 @@
+"""The Python surface of the Rust core (conduit_sidecar.bandit), checked against a small
+NumPy reference implementation of disjoint LinUCB written here: same theta to 1e-9, same
+choices; every bad input refused with CoreError naming the field and the statistics
+unchanged; concurrent calls from many threads neither fail nor lose an update."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.typing import NDArray
+
+from conduit_sidecar.bandit import (
+    ArmStats,
+    BanditPolicy,
+    CoreError,
+    PolicyConfig,
+    PolicyKind,
+    Selection,
+)
+
+F64 = NDArray[np.float64]
+ALL_KINDS: tuple[PolicyKind, ...] = (
+    "linucb",
+    "lin_ts",
+    "beta_ts",
+    "ucb1",
+    "epsilon_greedy",
+    "random",
+    "fixed",
+)
+
+
+class ReferenceLinUCB:
+    """Disjoint LinUCB the textbook way: A = ridge*I + sum w x x^T, b = sum w r x, theta
+    solved from A directly (no Sherman-Morrison), so it shares no shortcut with the core."""
+
+    def __init__(self, arms: Sequence[str], dim: int, alpha: float, ridge: float) -> None:
+        self.alpha = alpha
+        self.A = {a: ridge * np.eye(dim) for a in arms}
+        self.b = {a: np.zeros(dim) for a in arms}
+
+    def update(self, arm: str, x: F64, reward: float, weight: float) -> None:
+        self.A[arm] += weight * np.outer(x, x)
+        self.b[arm] += weight * reward * x
+
+    def reapply(self, arm: str, x: F64, r0: float, w0: float, r1: float, w1: float) -> None:
+        self.A[arm] += (w1 - w0) * np.outer(x, x)
+        self.b[arm] += (w1 * r1 - w0 * r0) * x
+
+    def theta(self, arm: str) -> F64:
+        return np.linalg.solve(self.A[arm], self.b[arm])
+
+    def scores(self, x: F64, arms: Sequence[str]) -> dict[str, float]:
+        out = {}
+        for a in arms:
+            width = float(np.sqrt(x @ np.linalg.solve(self.A[a], x)))
+            out[a] = float(self.theta(a) @ x) + self.alpha * width
+        return out
+
+    def select(self, x: F64, arms: Sequence[str]) -> str:
+        scores = self.scores(x, arms)
+        best = max(scores.values())
+        return next(a for a in arms if scores[a] == best)  # first of the ties
+
+
+def unit(rng: np.random.Generator, dim: int) -> F64:
+    x = rng.normal(size=dim)
+    x[0] = 1.0  # bias term
+    return x / np.linalg.norm(x)
+
+
+def make(kind: PolicyKind = "linucb", dim: int = 6, **kw: Any) -> BanditPolicy:
+    arms = ["a", "b", "c"]
+    if kind == "fixed":
+        kw.setdefault("fixed_arm", "b")
+    return BanditPolicy(PolicyConfig(kind=kind, dim=dim, **kw), arms)
+
+
+# ---------------------------------------------------------------- agreement with NumPy
+
+
+def test_linucb_matches_the_numpy_reference() -> None:
+    dim, arms = 8, ["gpt", "claude", "llama", "mistral"]
+    policy = BanditPolicy(PolicyConfig(dim=dim, alpha=0.7, ridge=1.5, refactor_every=50), arms)
+    ref = ReferenceLinUCB(arms, dim, alpha=0.7, ridge=1.5)
+    rng = np.random.default_rng(0)
+    true_theta = {a: rng.normal(size=dim) for a in arms}
+    for t in range(600):
+        x = unit(rng, dim)
+        allowed = arms if t % 5 else arms[1:3]
+        sel = policy.select(x, allowed)
+        assert sel.arm == ref.select(x, allowed)
+        want = ref.scores(x, allowed)
+        assert sel.scores.keys() == set(allowed)
+        for a in allowed:
+            assert sel.scores[a] == pytest.approx(want[a], rel=1e-9, abs=1e-9)
+        assert sel.propensity == 1.0
+        reward = float(np.clip(0.5 + 0.3 * true_theta[sel.arm] @ x, 0.0, 1.0))
+        weight = float(rng.uniform(0.1, 1.0))
+        policy.update(sel.arm, x, reward, weight)
+        ref.update(sel.arm, x, reward, weight)
+    for a in arms:
+        theta = policy.theta(a)
+        assert theta is not None
+        np.testing.assert_allclose(theta, ref.theta(a), rtol=1e-9, atol=1e-9)
+
+
+def test_net_delta_reapply_matches_the_reference() -> None:
+    dim = 5
+    policy = make(dim=dim)
+    ref = ReferenceLinUCB(["a", "b", "c"], dim, alpha=1.0, ridge=1.0)
+    rng = np.random.default_rng(1)
+    observations = []
+    for _ in range(60):
+        x, r, w = unit(rng, dim), float(rng.uniform()), float(rng.uniform())
+        policy.update("a", x, r, w)
+        ref.update("a", x, r, w)
+        observations.append((x, r, w))
+    # Replace every observation by a new blend, including weight decreases (downdates).
+    for x, r, w in observations:
+        r2, w2 = float(rng.uniform()), float(rng.uniform())
+        policy.reapply("a", x, r, w, r2, w2)
+        ref.reapply("a", x, r, w, r2, w2)
+    theta = policy.theta("a")
+    assert theta is not None
+    np.testing.assert_allclose(theta, ref.theta("a"), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["lin_ts", "beta_ts", "epsilon_greedy", "random"])
+def test_same_seed_gives_the_same_choices(kind: PolicyKind) -> None:
+    def run(seed: int) -> list[str]:
+        policy = make(kind, seed=seed, epsilon=0.5)
+        rng = np.random.default_rng(2)
+        choices = []
+        for _ in range(150):
+            x = unit(rng, 6)
+            sel = policy.select(x)
+            policy.update(sel.arm, x, float(rng.uniform()))
+            choices.append(sel.arm)
+        return choices
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_selection_fields_are_well_formed(kind: PolicyKind) -> None:
+    policy = make(kind)
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        x = unit(rng, 6)
+        sel = policy.select(x, ["c", "a"])
+        assert isinstance(sel, Selection)
+        assert sel.arm in ("a", "c") and set(sel.scores) == {"a", "c"}
+        assert 0.0 < sel.propensity <= 1.0
+        assert sel.uncertainty >= 0.0 and np.isfinite(sel.uncertainty)
+        policy.update(sel.arm, x, float(rng.uniform()), float(rng.uniform()))
+    stats = policy.arm_stats()
+    assert set(stats) == {"a", "b", "c"}
+    assert all(isinstance(s, ArmStats) for s in stats.values())
+    assert sum(s.updates for s in stats.values()) == 30
+
+
+def test_features_may_be_any_float_sequence() -> None:
+    policy = make()
+    policy.update("a", [1, 0, 0, 0, 0, 0], 1.0)
+    policy.update("a", np.ones(6, dtype=np.float32), 1.0)
+    strided = np.ones(12)[::2]
+    assert policy.select(strided).arm in policy.arms
+
+
+# ---------------------------------------------------------------- state
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_snapshot_round_trip_restores_everything(kind: PolicyKind) -> None:
+    policy = make(kind, seed=11, discount=0.99)
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        x = unit(rng, 6)
+        policy.update(policy.select(x).arm, x, float(rng.uniform()))
+    data = policy.to_bytes()
+    restored = BanditPolicy.from_bytes(data)
+    assert restored.config == policy.config
+    assert restored.arms == policy.arms
+    assert restored.version == policy.version
+    assert restored.arm_stats() == policy.arm_stats()
+    assert restored.to_bytes() == data
+    x = unit(rng, 6)
+    assert restored.select(x) == policy.select(x)
+
+
+def test_corrupt_snapshot_is_refused() -> None:
+    data = bytearray(make().to_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with pytest.raises(CoreError, match="checksum"):
+        BanditPolicy.from_bytes(bytes(data))
+    with pytest.raises(CoreError, match="snapshot"):
+        BanditPolicy.from_bytes(b"not a snapshot")
+    with pytest.raises(CoreError, match="snapshot"):
+        BanditPolicy.from_bytes("text")  # type: ignore[arg-type]
+
+
+def test_deltas_merge_replicas_exactly_without_echo() -> None:
+    left, right, one = make(), make(), make()
+    rng = np.random.default_rng(5)
+    for policy in (left, right):
+        for _ in range(50):
+            x, r = unit(rng, 6), float(rng.uniform())
+            arm = ("a", "b", "c")[int(rng.integers(3))]
+            policy.update(arm, x, r)
+            one.update(arm, x, r)
+    right.add_arm("d")
+    right.update("d", unit(rng, 6), 1.0)
+    one.add_arm("d")
+    one.merge_delta(right.take_delta())  # only "d"'s update is pending on `right` now
+    left.take_delta()
+    one_stats = one.arm_stats()
+    version = left.version
+    left.merge_delta(make().take_delta())  # an empty delta changes nothing but is accepted
+    assert left.version == version
+    assert "d" in one_stats
+    left_delta = left.take_delta()
+    assert BanditPolicy.from_bytes(left.to_bytes()).take_delta() == left_delta  # both empty
+    other_dim = BanditPolicy(PolicyConfig(dim=7), ["a"])
+    other_dim.update("a", np.ones(7) / 7, 0.5)
+    before = left.to_bytes()
+    with pytest.raises(CoreError, match="dimension"):
+        left.merge_delta(other_dim.take_delta())
+    assert left.to_bytes() == before
+
+
+def test_merge_equals_one_process() -> None:
+    dim = 6
+    left, right, one = make(dim=dim), make(dim=dim), make(dim=dim)
+    rng = np.random.default_rng(6)
+    for policy in (left, right):
+        for _ in range(80):
+            x, r, w = unit(rng, dim), float(rng.uniform()), float(rng.uniform())
+            arm = ("a", "b", "c")[int(rng.integers(3))]
+            policy.update(arm, x, r, w)
+            one.update(arm, x, r, w)
+    left.merge_delta(right.take_delta())
+    for arm in ("a", "b", "c"):
+        got, want = left.theta(arm), one.theta(arm)
+        assert got is not None and want is not None
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+        assert left.arm_stats()[arm].updates == one.arm_stats()[arm].updates
+
+
+def test_arms_can_be_added_and_removed() -> None:
+    policy = make()
+    x = unit(np.random.default_rng(7), 6)
+    policy.update("a", x, 1.0)
+    theta = policy.theta("a")
+    version = policy.version
+    policy.add_arm("z")
+    policy.remove_arm("b")
+    assert policy.arms == ["a", "c", "z"]
+    assert policy.version == version + 2
+    np.testing.assert_array_equal(policy.theta("a"), theta)
+    assert policy.select(x, ["z"]).arm == "z"
+
+
+# ---------------------------------------------------------------- refused inputs
+
+GOOD = np.full(6, 1 / np.sqrt(6))
+
+BAD_CALLS: list[tuple[str, Callable[[BanditPolicy], object], str]] = [
+    ("nan features", lambda p: p.update("a", np.full(6, np.nan), 0.5), "features"),
+    ("inf features", lambda p: p.update("a", np.array([np.inf, 0, 0, 0, 0, 0]), 0.5), "features"),
+    ("short features", lambda p: p.update("a", np.ones(5), 0.5), "features"),
+    ("2-d features", lambda p: p.update("a", np.ones((2, 3)), 0.5), "features"),
+    ("text features", lambda p: p.update("a", ["x"] * 6, 0.5), "features"),
+    ("none features", lambda p: p.select(None), "features"),  # type: ignore[arg-type]
+    ("reward above 1", lambda p: p.update("a", GOOD, 1.5), "reward"),
+    ("negative reward", lambda p: p.update("a", GOOD, -0.1), "reward"),
+    ("nan reward", lambda p: p.update("a", GOOD, float("nan")), "reward"),
+    ("text reward", lambda p: p.update("a", GOOD, "1"), "reward"),  # type: ignore[arg-type]
+    ("weight above 1", lambda p: p.update("a", GOOD, 0.5, 2.0), "weight"),
+    ("inf weight", lambda p: p.update("a", GOOD, 0.5, float("inf")), "weight"),
+    ("unknown arm", lambda p: p.update("nope", GOOD, 0.5), "arm"),
+    ("non-str arm", lambda p: p.update(3, GOOD, 0.5), "arm"),  # type: ignore[arg-type]
+    ("duplicate arm", lambda p: p.add_arm("a"), "arm"),
+    ("remove unknown", lambda p: p.remove_arm("nope"), "arm"),
+    ("empty allowed", lambda p: p.select(GOOD, []), "allowed"),
+    ("unknown allowed", lambda p: p.select(GOOD, ["nope"]), "arm"),
+    ("duplicate allowed", lambda p: p.select(GOOD, ["a", "a"]), "allowed"),
+    ("string allowed", lambda p: p.select(GOOD, "ab"), "allowed"),
+    ("bad old weight", lambda p: p.reapply("a", GOOD, 0.5, -1.0, 0.5, 0.5), "old_weight"),
+    ("bad new reward", lambda p: p.reapply("a", GOOD, 0.5, 0.5, 7.0, 0.5), "new_reward"),
+    (
+        "downdate never applied",
+        lambda p: p.reapply("c", GOOD * 2, 1.0, 1.0, 1.0, 0.0),
+        "old_weight",
+    ),
+    ("garbage delta", lambda p: p.merge_delta(b"\x00" * 40), "delta"),
+    ("non-bytes delta", lambda p: p.merge_delta("x"), "delta"),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize("kind", ["linucb", "beta_ts", "ucb1"])
+@pytest.mark.parametrize(("name", "call", "field"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_inputs_are_refused_and_change_nothing(
+    kind: PolicyKind, name: str, call: Callable[[BanditPolicy], object], field: str
+) -> None:
+    policy = make(kind)
+    policy.update("a", GOOD, 0.7)
+    policy.update("b", GOOD, 0.2, 0.5)
+    before, version = policy.to_bytes(), policy.version
+    with pytest.raises(CoreError) as info:
+        call(policy)
+    assert isinstance(info.value, ValueError)
+    assert str(info.value).startswith(field), f"{name}: {info.value}"
+    assert policy.to_bytes() == before
+    assert policy.version == version
+
+
+BAD_CONFIGS: list[tuple[dict[str, Any], str]] = [
+    ({"dim": 0}, "dim"),
+    ({"dim": 2.5}, "dim"),
+    ({"alpha": float("nan")}, "alpha"),
+    ({"alpha": -1.0}, "alpha"),
+    ({"ridge": 0.0}, "ridge"),
+    ({"epsilon": 1.5}, "epsilon"),
+    ({"ts_scale": float("inf")}, "ts_scale"),
+    ({"prior_alpha": 0.0}, "prior_alpha"),
+    ({"prior_beta": -1.0}, "prior_beta"),
+    ({"discount": 0.0}, "discount"),
+    ({"discount": 1.5}, "discount"),
+    ({"refactor_every": 0}, "refactor_every"),
+    ({"refactor_every": -5}, "refactor_every"),
+    ({"mc_samples": 0}, "mc_samples"),
+    ({"seed": -1}, "seed"),
+    ({"kind": "greedy"}, "kind"),
+    ({"kind": "fixed"}, "fixed_arm"),
+]
+
+
+@pytest.mark.parametrize(("changes", "field"), BAD_CONFIGS)
+def test_bad_configs_are_refused(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(CoreError) as info:
+        BanditPolicy(replace(PolicyConfig(), **changes), ["a"])
+    assert str(info.value).startswith(field), str(info.value)
+
+
+@pytest.mark.parametrize(("arms", "field"), [([], "arms"), (["a", "a"], "arm"), ("ab", "arms")])
+def test_bad_arm_lists_are_refused(arms: Any, field: str) -> None:
+    with pytest.raises(CoreError) as info:
+        BanditPolicy(PolicyConfig(dim=4), arms)
+    assert str(info.value).startswith(field)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=0, max_size=8),
+    reward=st.floats(allow_nan=True, allow_infinity=True),
+    weight=st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_arbitrary_updates_either_apply_or_change_nothing(
+    x: list[float], reward: float, weight: float
+) -> None:
+    policy = make(dim=6)
+    before = policy.to_bytes()
+    try:
+        policy.update("a", x, reward, weight)
+    except CoreError:
+        assert policy.to_bytes() == before
+    else:
+        theta = policy.theta("a")
+        assert theta is not None and np.all(np.isfinite(theta))
+
+
+# ---------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize("kind", ["linucb", "lin_ts", "beta_ts"])
+def test_concurrent_calls_from_many_threads_lose_nothing(kind: PolicyKind) -> None:
+    dim, n_threads, per_thread = 16, 8, 300
+    policy = make(kind, dim=dim)
+    ref = ReferenceLinUCB(["a", "b", "c"], dim, alpha=1.0, ridge=1.0)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(n_threads)
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        start.wait()
+        try:
+            for i in range(per_thread):
+                x = unit(rng, dim)
+                sel = policy.select(x)
+                r = float(rng.uniform())
+                policy.update(sel.arm, x, r, 0.5)
+                with lock:
+                    ref.update(sel.arm, x, r, 0.5)
+                if i % 50 == 0:
+                    policy.to_bytes()
+                    policy.arm_stats()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stats = policy.arm_stats()
+    assert sum(s.updates for s in stats.values()) == n_threads * per_thread
+    assert sum(s.weight_sum for s in stats.values()) == pytest.approx(n_threads * per_thread / 2)
+    if kind != "beta_ts":
+        for arm in ("a", "b", "c"):
+            theta = policy.theta(arm)
+            assert theta is not None
+            np.testing.assert_allclose(theta, ref.theta(arm), rtol=1e-8, atol=1e-10)
