@@ -21,10 +21,14 @@ __all__ = [
     "BanditPolicy",
     "CoreError",
     "FeatureHasher",
+    "Features",
     "PolicyConfig",
     "PolicyKind",
     "Selection",
 ]
+
+# Features: a 1-D float64 array (the fast path) or any sequence of numbers.
+Features = NDArray[np.float64] | Sequence[float]
 
 PolicyKind = Literal["linucb", "lin_ts", "beta_ts", "ucb1", "epsilon_greedy", "random", "fixed"]
 _KINDS: frozenset[str] = frozenset(get_args(PolicyKind))
@@ -158,16 +162,12 @@ class BanditPolicy:
         """Increases on every state change (update, reapply, merge, arm change)."""
         return self._policy.version
 
-    def select(
-        self, features: NDArray[np.float64], allowed: Sequence[str] | None = None
-    ) -> Selection:
+    def select(self, features: Features, allowed: Sequence[str] | None = None) -> Selection:
         names = None if allowed is None else _arm_names(allowed, "allowed")
         arm, scores, propensity, uncertainty = self._policy.select(_features(features), names)
         return Selection(arm, scores, propensity, uncertainty)
 
-    def update(
-        self, arm: str, features: NDArray[np.float64], reward: float, weight: float = 1.0
-    ) -> None:
+    def update(self, arm: str, features: Features, reward: float, weight: float = 1.0) -> None:
         self._policy.update(
             _arm_name(arm),
             _features(features),
@@ -178,7 +178,7 @@ class BanditPolicy:
     def reapply(
         self,
         arm: str,
-        features: NDArray[np.float64],
+        features: Features,
         old_reward: float,
         old_weight: float,
         new_reward: float,

@@ -55,7 +55,8 @@ class ReferenceLinUCB:
         self.b[arm] += (w1 * r1 - w0 * r0) * x
 
     def theta(self, arm: str) -> F64:
-        return np.linalg.solve(self.A[arm], self.b[arm])
+        theta: F64 = np.asarray(np.linalg.solve(self.A[arm], self.b[arm]), dtype=np.float64)
+        return theta
 
     def scores(self, x: F64, arms: Sequence[str]) -> dict[str, float]:
         out = {}
@@ -73,7 +74,8 @@ class ReferenceLinUCB:
 def unit(rng: np.random.Generator, dim: int) -> F64:
     x = rng.normal(size=dim)
     x[0] = 1.0  # bias term
-    return x / np.linalg.norm(x)
+    out: F64 = x / np.linalg.norm(x)
+    return out
 
 
 def make(kind: PolicyKind = "linucb", dim: int = 6, **kw: Any) -> BanditPolicy:
@@ -278,7 +280,7 @@ BAD_CALLS: list[tuple[str, Callable[[BanditPolicy], object], str]] = [
     ("inf features", lambda p: p.update("a", np.array([np.inf, 0, 0, 0, 0, 0]), 0.5), "features"),
     ("short features", lambda p: p.update("a", np.ones(5), 0.5), "features"),
     ("2-d features", lambda p: p.update("a", np.ones((2, 3)), 0.5), "features"),
-    ("text features", lambda p: p.update("a", ["x"] * 6, 0.5), "features"),
+    ("text features", lambda p: p.update("a", ["x"] * 6, 0.5), "features"),  # type: ignore[list-item]
     ("none features", lambda p: p.select(None), "features"),  # type: ignore[arg-type]
     ("reward above 1", lambda p: p.update("a", GOOD, 1.5), "reward"),
     ("negative reward", lambda p: p.update("a", GOOD, -0.1), "reward"),
