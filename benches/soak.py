@@ -265,14 +265,10 @@ def main() -> int:
         "replicas_agree": agree,
         "exit_codes": exit_codes,
         "throughput_rps": {k: sum(s[f"rps_{k}"] for s in after) / len(after) for k in ("A", "B")},
-        "rss_mb_after_warmup": {
-            k: {
-                "min": min(s[f"rss_{k}_mb"] for s in after),
-                "max": max(s[f"rss_{k}_mb"] for s in after),
-                "first": after[0][f"rss_{k}_mb"],
-                "last": after[-1][f"rss_{k}_mb"],
-            }
-            for k in ("A", "B")
+        "rss_mb_after_warmup": {k: rss_summary([s[f"rss_{k}_mb"] for s in after]) for k in "AB"},
+        "pending_after_warmup": {
+            "min": min(min(s["pending_A"], s["pending_B"]) for s in after),
+            "max": max(max(s["pending_A"], s["pending_B"]) for s in after),
         },
         "pending_max": max(max(s["pending_A"], s["pending_B"]) for s in samples),
         "sync_lag_s": {
@@ -293,6 +289,22 @@ def main() -> int:
     print(json.dumps(summary, indent=1))
     ok = result["errors"] == 0 and agree and all(c == 0 for c in exit_codes.values())
     return 0 if ok else 1
+
+
+def rss_summary(values: list[float]) -> dict[str, float]:
+    """Drift = mean of the last minute against the first minute after warm-up (12 samples of
+    5 s each); the peak is reported separately (compaction allocates transiently)."""
+    head, tail = values[:12], values[-12:]
+    first, last = sum(head) / len(head), sum(tail) / len(tail)
+    ordered = sorted(values)
+    return {
+        "first_minute_mean": first,
+        "last_minute_mean": last,
+        "drift_pct": (last - first) / first * 100,
+        "median": ordered[len(ordered) // 2],
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
 
 
 def plot(samples: list[dict[str, Any]], warmup_s: float, path: Path) -> None:
@@ -321,7 +333,6 @@ def plot(samples: list[dict[str, Any]], warmup_s: float, path: Path) -> None:
 def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     rss = result["rss_mb_after_warmup"]
     lag = result["sync_lag_s"]
-    growth = {k: (v["max"] - v["min"]) / v["min"] * 100 for k, v in rss.items()}
     lines = [
         "# Reliability",
         "",
@@ -342,11 +353,14 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         f"{result['duplicates_counted_once']} |",
         f"| throughput after warm-up, replica A / B | {result['throughput_rps']['A']:.0f} / "
         f"{result['throughput_rps']['B']:.0f} requests/s |",
-        f"| resident memory after warm-up, A | {rss['A']['min']:.1f} - {rss['A']['max']:.1f} MiB "
-        f"(spread {growth['A']:.1f}%) |",
-        f"| resident memory after warm-up, B | {rss['B']['min']:.1f} - {rss['B']['max']:.1f} MiB "
-        f"(spread {growth['B']:.1f}%) |",
-        f"| pending queries, max | {result['pending_max']} (bounded by the TTL) |",
+        *(
+            f"| resident memory after warm-up, {k}: first minute -> last minute (drift); "
+            f"median; min - max | {v['first_minute_mean']:.1f} -> {v['last_minute_mean']:.1f} MiB "
+            f"({v['drift_pct']:+.1f}%); {v['median']:.1f}; {v['min']:.1f} - {v['max']:.1f} MiB |"
+            for k, v in rss.items()
+        ),
+        f"| pending queries after warm-up, min - max | {result['pending_after_warmup']['min']} - "
+        f"{result['pending_after_warmup']['max']} (bounded by the 60 s TTL) |",
         f"| sync lag (Update on one replica -> visible on the other), median / max | "
         f"{lag['median']:.2f} s / {lag['max']:.2f} s over {lag['probes']} probes "
         f"({lag['missed']} missed) |"

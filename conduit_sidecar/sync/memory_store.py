@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from conduit_sidecar.sync.state_store import (
+    PAGE_SIZE,
     START,
     DeltaGap,
     DeltaRecord,
@@ -69,7 +70,7 @@ class MemoryPolicyStateStore(PolicyStateStore):
         return record.cursor
 
     async def read_deltas(
-        self, after_cursor: str, *, upto: str | None = None, limit: int = 64
+        self, after_cursor: str, *, upto: str | None = None, limit: int = PAGE_SIZE
     ) -> list[DeltaRecord]:
         after = _seq(after_cursor)
         if self._base is not None and _seq(self._base.watermark) > after:
