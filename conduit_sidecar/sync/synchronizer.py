@@ -165,6 +165,9 @@ class PolicySynchronizer:
             log.error(
                 "policy state not persisted at shutdown (%s); unpublished learning is lost", exc
             )
+        except Exception:
+            # Shutdown must go on (other hooks, closing the stores); say loudly what failed.
+            log.exception("policy snapshot at shutdown failed; published deltas are kept")
 
     # ------------------------------------------------------------------ operations
 
