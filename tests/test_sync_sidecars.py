@@ -345,6 +345,42 @@ def test_redis_outage_fails_fast_then_recovers_without_restart(tmp_path: Path) -
         redis.stop()
 
 
+@pytest.mark.parametrize(("interval", "crash"), [("1", False), ("0", True)])
+def test_learning_survives_a_restart_on_the_sqlite_default(
+    interval: str, crash: bool, namespace: str, tmp_path: Path
+) -> None:
+    # SIGTERM publishes and snapshots whatever the interval; with interval 0 even kill -9
+    # loses nothing, since every Update returned only after its delta was in the file.
+    url = f"sqlite:///{tmp_path / 'conduit.db'}"
+    first = start(tmp_path, "first", url, namespace, "--sync-interval-s", interval)
+    with first.channel() as channel:
+        stub = first.stub(channel)
+        models = [m.id for m in stub.ListModels(pb.ListModelsRequest()).models]
+        dim = len(stub.Route(pb.RouteRequest(text="dim", include_features=True)).features)
+        for i in range(12):
+            features = [1.0] + [((i * 7 + j) % 5) / 5 for j in range(dim - 1)]
+            stub.Update(
+                pb.UpdateRequest(
+                    model_id=models[i % 3], cost_usd=0.001 * i, quality_score=(i % 4) / 4,
+                    latency_s=0.5, features=features, confidence=0.5 + (i % 2) / 2,
+                ),
+                timeout=10,
+            )  # fmt: skip
+        before = learned(stub)
+    if crash:
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+        first.stop()
+    else:
+        assert first.terminate() == 0
+    second = start(tmp_path, "second", url, namespace)
+    try:
+        with second.channel() as channel:
+            assert agree(learned(second.stub(channel)), before)
+    finally:
+        assert second.terminate() == 0
+
+
 def test_sidecar_refuses_a_snapshot_with_other_feature_settings(
     namespace: str, tmp_path: Path
 ) -> None:
