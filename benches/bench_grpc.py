@@ -84,6 +84,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
     stop_at = time.monotonic() + args.warmup_s + args.duration_s
 
     async def timed(op: str, call: Any) -> Any:
+        state["sent"] += 1  # every RPC, warm-up included: the server's CPU covers them all
         started = time.perf_counter()
         result = await call
         if state["measuring"]:
@@ -93,7 +94,6 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
     async def worker(seed: int) -> None:
         rng = random.Random(seed)
         while time.monotonic() < stop_at and (args.count == 0 or state["sent"] < args.count):
-            state["sent"] += 1
             if args.workload == "echo":
                 await timed("Echo", echo(echo_payload))
                 continue
