@@ -3,6 +3,8 @@ reflection protected) and off."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conduit_sidecar._proto import conduit_pb2 as pb
 from conduit_sidecar.auth import BearerTokenInterceptor, bearer_token
+from conduit_sidecar.client import ConduitClient
+from conduit_sidecar.errors import Unauthenticated, Unavailable
+from conduit_sidecar.query import Query
 
 __all__ = ["sidecar"]  # fixture imported for pytest
 TOKEN = "s3cret-token-for-tests"
@@ -104,3 +109,33 @@ def test_blank_token_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(SidecarExited, match="token: must not be blank"):
         started = Sidecar([], tmp_path / "log", env={"CONDUIT_TOKEN": "   "})
         started.terminate()  # only reached if the blank token was accepted: do not leak it
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_tls_with_token(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server = Sidecar(
+        ["--store-url", "memory://", "--tls-cert", str(cert), "--tls-key", str(key)],
+        tmp_path / "sidecar.log",
+        env={"CONDUIT_TOKEN": TOKEN},
+    )
+    try:
+        assert "tls on" in server.log()
+        roots = cert.read_bytes()
+        with ConduitClient(server.target, token=TOKEN, root_certificates=roots) as client:
+            assert client.route(Query(text="over TLS")).selected_model
+        with ConduitClient(server.target, root_certificates=roots) as client:
+            with pytest.raises(Unauthenticated):
+                client.get_stats()
+        # A plaintext client cannot talk to the TLS port.
+        with ConduitClient(server.target, timeout_s=2.0, max_attempts=1) as client:
+            with pytest.raises(Unavailable):
+                client.get_stats()
+    finally:
+        assert server.terminate() == 0
