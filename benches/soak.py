@@ -180,7 +180,19 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=120.0)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--no-report", action="store_true", help="do not write RELIABILITY.md")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite RELIABILITY.md from soak.json"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        saved = json.loads((ROOT / "benches" / "results" / "soak.json").read_text())
+        args.duration_s, args.warmup_s, args.threads = (
+            saved["duration_s"],
+            saved["warmup_s"],
+            saved["threads"],
+        )
+        report(saved, args)
+        return 0
     if shutil.which("redis-server") is None:
         print("redis-server is not installed", file=sys.stderr)
         return 2
@@ -333,6 +345,7 @@ def plot(samples: list[dict[str, Any]], warmup_s: float, path: Path) -> None:
 def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     rss = result["rss_mb_after_warmup"]
     lag = result["sync_lag_s"]
+    peak = {k: (v["max"] - v["median"]) / v["median"] * 100 for k, v in rss.items()}
     lines = [
         "# Reliability",
         "",
@@ -368,6 +381,15 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         else "| sync lag | no probe completed |",
         f"| replicas' learned statistics agree at the end (1e-9) | {result['replicas_agree']} |",
         f"| exit codes after SIGTERM | {result['exit_codes']} |",
+        "",
+        "Reading: memory has no growth trend (drift between the first and the last minute after "
+        "warm-up). Short peaks, one 5 s sample each, appear about once a minute on the replica "
+        "that wins the compaction lock (folding the last minute of deltas, about 190 KB each "
+        f"with all models touched); peak over median: A {peak['A']:+.0f}%, B {peak['B']:+.0f}%. "
+        "Throughput swings come from other work sharing the machine's two cores; the two "
+        "replicas track each other closely. Pending queries plateau once the 60 s TTL expires "
+        "the oldest. The sync lag is at most about two 1 s intervals (publish tick + read "
+        "tick) plus a round trip, as docs/OPERATIONS.md states.",
         "",
         "![throughput and memory over time](benches/results/soak.png)",
         "",
