@@ -63,6 +63,25 @@ class Selection:
     uncertainty: float  # posterior width of the chosen arm (>= 0)
 
 
+# Selection is built on every routing decision; filling its slots directly skips the frozen
+# dataclass __init__ (one object.__setattr__ per field), which costs as much as the math.
+_SELECTION_SLOTS = tuple(
+    Selection.__dict__[name].__set__ for name in ("arm", "scores", "propensity", "uncertainty")
+)
+
+
+def _selection(
+    arm: str, scores: dict[str, float], propensity: float, uncertainty: float
+) -> Selection:
+    sel: Selection = object.__new__(Selection)
+    set_arm, set_scores, set_propensity, set_uncertainty = _SELECTION_SLOTS
+    set_arm(sel, arm)
+    set_scores(sel, scores)
+    set_propensity(sel, propensity)
+    set_uncertainty(sel, uncertainty)
+    return sel
+
+
 @dataclass(frozen=True, slots=True)
 class ArmStats:
     """Per-arm totals: confidence-weighted sums and the number of observations."""
@@ -165,7 +184,7 @@ class BanditPolicy:
     def select(self, features: Features, allowed: Sequence[str] | None = None) -> Selection:
         names = None if allowed is None else _arm_names(allowed, "allowed")
         arm, scores, propensity, uncertainty = self._policy.select(_features(features), names)
-        return Selection(arm, scores, propensity, uncertainty)
+        return _selection(arm, scores, propensity, uncertainty)
 
     def update(self, arm: str, features: Features, reward: float, weight: float = 1.0) -> None:
         self._policy.update(

@@ -17,6 +17,31 @@ pub const fn row_start(dim: usize, i: usize) -> usize {
     i * (2 * dim + 1 - i) / 2
 }
 
+/// Below this dimension a batch of quadratic forms first builds the packed outer product of
+/// `x` (off-diagonal entries doubled) and then takes one flat dot product per matrix: no
+/// per-row loop overhead, which dominates for short rows. Above it the outer product would
+/// double the memory each form reads, and rows are long enough to amortise their overhead.
+pub const FLAT_QUAD_MAX_DIM: usize = 192;
+
+/// Writes the packed `x xᵀ` with off-diagonal entries doubled, so that for any packed
+/// symmetric `M`, `xᵀ M x = dot(M, out)`.
+pub fn packed_outer_doubled(x: &[f64], out: &mut Vec<f64>) {
+    let dim = x.len();
+    out.clear();
+    out.resize(packed_len(dim), 0.0);
+    let mut off = 0;
+    for i in 0..dim {
+        let len = dim - i;
+        let xi = x[i];
+        let row = &mut out[off..off + len];
+        row[0] = xi * xi;
+        for (o, xj) in row[1..].iter_mut().zip(&x[i + 1..]) {
+            *o = 2.0 * xi * xj;
+        }
+        off += len;
+    }
+}
+
 /// Packed identity scaled by `value`.
 pub fn packed_scaled_identity(dim: usize, value: f64) -> Vec<f64> {
     let mut m = vec![0.0; packed_len(dim)];

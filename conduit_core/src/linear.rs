@@ -92,6 +92,13 @@ impl LinearStats {
         (quad_form(&self.a_inv, x) / self.scale).max(0.0)
     }
 
+    /// `xᵀA⁻¹x` from the packed doubled outer product of `x` (see
+    /// [`crate::kernels::packed_outer_doubled`]): one flat dot product.
+    #[inline]
+    pub fn width_sq_from_outer(&self, outer: &[f64]) -> f64 {
+        (dot(&self.a_inv, outer) / self.scale).max(0.0)
+    }
+
     /// The cached `θ`.
     pub fn theta(&self) -> &[f64] {
         &self.theta

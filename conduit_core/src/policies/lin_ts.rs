@@ -12,16 +12,7 @@ use crate::policy::Selection;
 pub(crate) fn select(ctx: &mut Ctx<'_>) -> Selection {
     let v = ctx.cfg.ts_scale;
     let n = ctx.cand.len();
-    let mut means = Vec::with_capacity(n);
-    let mut sds = Vec::with_capacity(n);
-    for &i in ctx.cand {
-        let lin = ctx.arms[i]
-            .linear
-            .as_ref()
-            .expect("linear policy has linear arms");
-        means.push(lin.mean(ctx.x));
-        sds.push(lin.width_sq(ctx.x).sqrt());
-    }
+    let (means, sds) = ctx.linear_parts();
     let scores: Vec<f64> = (0..n)
         .map(|k| {
             let z: f64 = StandardNormal.sample(&mut *ctx.rng);

@@ -12,6 +12,7 @@ mod ucb1;
 use rand_chacha::ChaCha8Rng;
 
 use crate::arm::Arm;
+use crate::kernels::{packed_outer_doubled, FLAT_QUAD_MAX_DIM};
 use crate::policy::{PolicyConfig, PolicyKind, Selection};
 
 /// What a selection rule sees: the candidate arms (indices into `arms`, never empty) and `x`.
@@ -21,9 +22,35 @@ pub(crate) struct Ctx<'a> {
     pub cand: &'a [usize],
     pub x: &'a [f64],
     pub rng: &'a mut ChaCha8Rng,
+    /// Reusable buffer (the packed outer product of `x` for small dimensions).
+    pub scratch: &'a mut Vec<f64>,
 }
 
 impl Ctx<'_> {
+    /// `(θᵀx, sqrt(xᵀA⁻¹x))` of every candidate of a linear policy.
+    pub fn linear_parts(&mut self) -> (Vec<f64>, Vec<f64>) {
+        let n = self.cand.len();
+        let (mut means, mut widths) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let flat = self.x.len() <= FLAT_QUAD_MAX_DIM;
+        if flat {
+            packed_outer_doubled(self.x, self.scratch);
+        }
+        for &i in self.cand {
+            let lin = self.arms[i]
+                .linear
+                .as_ref()
+                .expect("linear policy has linear arms");
+            means.push(lin.mean(self.x));
+            let w2 = if flat {
+                lin.width_sq_from_outer(self.scratch)
+            } else {
+                lin.width_sq(self.x)
+            };
+            widths.push(w2.sqrt());
+        }
+        (means, widths)
+    }
+
     /// Builds the `Selection` for candidate position `pos`.
     pub fn choose(
         &self,

@@ -8,7 +8,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use numpy::{PyArray1, PyReadonlyArray1};
+use numpy::{PyArray1, PyArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -41,12 +41,13 @@ where
     py.detach(f).map_err(PyErr::from)
 }
 
-/// Copies a 1-D float64 array into owned memory.
-fn owned_features(features: &PyReadonlyArray1<'_, f64>) -> Vec<f64> {
-    match features.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => features.as_array().iter().copied().collect(),
-    }
+/// Copies a 1-D float64 array into owned memory while the GIL is held (so no Python code
+/// can change it mid-copy). This skips NumPy-borrow registration, which would cost more than
+/// the copy of a few hundred floats.
+fn owned_features(features: &Bound<'_, PyArray1<f64>>) -> Vec<f64> {
+    features
+        .to_vec()
+        .unwrap_or_else(|_| features.to_owned_array().to_vec())
 }
 
 /// A contextual-bandit policy (see `conduit_sidecar.bandit.BanditPolicy`).
@@ -122,10 +123,10 @@ impl PyPolicy {
     fn select<'py>(
         &self,
         py: Python<'py>,
-        features: PyReadonlyArray1<'py, f64>,
+        features: &Bound<'py, PyArray1<f64>>,
         allowed: Option<Vec<String>>,
     ) -> PyResult<(String, Bound<'py, PyDict>, f64, f64)> {
-        let x = owned_features(&features);
+        let x = owned_features(features);
         let (arm, scores, propensity, uncertainty) = detached(py, || {
             let mut bandit = self.lock();
             let names: Option<Vec<&str>> = allowed
@@ -156,11 +157,11 @@ impl PyPolicy {
         &self,
         py: Python<'_>,
         arm: &str,
-        features: PyReadonlyArray1<'_, f64>,
+        features: &Bound<'_, PyArray1<f64>>,
         reward: f64,
         weight: f64,
     ) -> PyResult<()> {
-        let x = owned_features(&features);
+        let x = owned_features(features);
         let arm = arm.to_owned();
         detached(py, || self.lock().update(&arm, &x, reward, weight))
     }
@@ -170,13 +171,13 @@ impl PyPolicy {
         &self,
         py: Python<'_>,
         arm: &str,
-        features: PyReadonlyArray1<'_, f64>,
+        features: &Bound<'_, PyArray1<f64>>,
         old_reward: f64,
         old_weight: f64,
         new_reward: f64,
         new_weight: f64,
     ) -> PyResult<()> {
-        let x = owned_features(&features);
+        let x = owned_features(features);
         let arm = arm.to_owned();
         detached(py, || {
             self.lock()
