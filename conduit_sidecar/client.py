@@ -26,12 +26,23 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import struct_pb2
 
+from ._client_codec import (
+    RemoteModelStats,
+    SidecarStats,
+    decision_from,
+    feedback_request,
+    models_from,
+    result_from,
+    route_request,
+    session_request,
+    stats_from,
+    track_request,
+    update_request,
+)
 from ._proto import conduit_pb2 as _pb
 from ._proto import conduit_pb2_grpc as _pb_grpc
 from .errors import (
@@ -47,35 +58,19 @@ from .models import ModelSpec
 from .query import Query, RoutingDecision
 from .reward import RewardWeights
 
+__all__ = [
+    "AsyncConduitClient",
+    "ConduitClient",
+    "RemoteModelStats",
+    "SidecarStats",
+    "from_rpc_error",
+]
+
 _T = TypeVar("_T")
 SAFE_TO_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 NOT_DELIVERED = (grpc.StatusCode.UNAVAILABLE,)
 # The generated stub is untyped; one typed alias keeps mypy strict everywhere else.
 _Stub: Callable[[Any], Any] = _pb_grpc.ConduitServiceStub
-
-
-@dataclass(frozen=True)
-class RemoteModelStats:
-    """GetStats for one model (see ModelStats in the proto)."""
-
-    model_id: str
-    selections: int
-    mean_reward: float
-    weight_sum: float
-    cost_usd_sum: float
-    latency_s_sum: float
-    outcomes: int
-    mean_cost_usd: float
-    mean_latency_s: float
-
-
-@dataclass(frozen=True)
-class SidecarStats:
-    models: dict[str, RemoteModelStats]
-    pending_queries: int
-    feedback_counts: dict[str, int]
-    policy: str
-    policy_version: int
 
 
 def from_rpc_error(error: grpc.RpcError) -> Exception:
@@ -93,162 +88,6 @@ def from_rpc_error(error: grpc.RpcError) -> Exception:
     if code in SAFE_TO_RETRY:
         return Unavailable(f"{code.name}: {message}")
     return ConduitError(f"{code.name}: {message}")
-
-
-# Proto <-> domain, shared by both clients.
-
-
-def _struct(payload: dict[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(payload)
-    return message
-
-
-def _weights(w: RewardWeights) -> _pb.RewardWeights:
-    return _pb.RewardWeights(quality=w.quality, cost=w.cost, latency=w.latency)
-
-
-def route_request(query: Query, include_features: bool, ttl_s: float | None) -> _pb.RouteRequest:
-    request = _pb.RouteRequest(
-        text=query.text,
-        session_id=query.session_id or "",
-        user_id=query.user_id or "",
-        metadata={str(k): str(v) for k, v in query.metadata.items()},
-        features=list(query.features or ()),
-        preference=query.preference or "",
-        query_id=query.query_id or "",
-        include_features=include_features,
-    )
-    if query.reward_weights is not None:
-        request.reward_weights.CopyFrom(_weights(query.reward_weights))
-    c = query.constraints
-    if c is not None:
-        request.constraints.SetInParent()
-        if c.max_cost_usd is not None:
-            request.constraints.max_cost_usd = c.max_cost_usd
-        if c.max_latency_s is not None:
-            request.constraints.max_latency_s = c.max_latency_s
-        request.constraints.allowed_models.extend(c.allowed_models or ())
-        request.constraints.excluded_models.extend(c.excluded_models or ())
-    if ttl_s is not None:
-        request.ttl_s = ttl_s
-    return request
-
-
-def decision_from(response: _pb.RouteResponse, query: Query) -> RoutingDecision:
-    w = response.reward_weights
-    return RoutingDecision(
-        query_id=response.query_id,
-        selected_model=response.selected_model,
-        confidence=response.confidence,
-        features=list(response.features),
-        scores=dict(response.scores),
-        propensity=response.propensity,
-        reasoning=response.reasoning,
-        policy_version=response.policy_version,
-        reward_weights=RewardWeights(w.quality, w.cost, w.latency),
-        session_id=query.session_id,
-        user_id=query.user_id,
-        metadata=dict(query.metadata),
-    )
-
-
-def track_request(
-    decision: RoutingDecision | str,
-    cost: float | None,
-    latency: float | None,
-    error: bool,
-    retries: int,
-    ttl_seconds: float | None,
-) -> _pb.TrackRequest:
-    query_id = decision if isinstance(decision, str) else decision.query_id
-    request = _pb.TrackRequest(query_id=query_id, error=error, retries=retries)
-    if cost is not None:
-        request.cost_usd = cost
-    if latency is not None:
-        request.latency_s = latency
-    if ttl_seconds is not None:
-        request.ttl_s = ttl_seconds
-    return request
-
-
-def feedback_request(event: FeedbackEvent) -> _pb.RecordFeedbackRequest:
-    return _pb.RecordFeedbackRequest(
-        query_id=event.query_id,
-        signal_type=event.signal_type,
-        payload=_struct(event.payload),
-        idempotency_key=event.idempotency_key or "",
-    )
-
-
-def session_request(sf: SessionFeedback) -> _pb.RecordSessionFeedbackRequest:
-    return _pb.RecordSessionFeedbackRequest(
-        session_id=sf.session_id,
-        signal_type=sf.signal_type,
-        payload=_struct(sf.payload),
-        propagation_weight=sf.propagation_weight,
-        idempotency_key=sf.idempotency_key or "",
-    )
-
-
-def result_from(r: _pb.RecordFeedbackResponse) -> FeedbackResult:
-    return FeedbackResult(r.query_id, r.signal_type, r.reward, r.confidence, r.duplicate)
-
-
-def update_request(
-    model_id: str,
-    cost: float,
-    quality_score: float,
-    latency: float,
-    features: Sequence[float],
-    confidence: float,
-    reward_weights: RewardWeights | None,
-) -> _pb.UpdateRequest:
-    request = _pb.UpdateRequest(
-        model_id=model_id,
-        cost_usd=cost,
-        quality_score=quality_score,
-        latency_s=latency,
-        features=list(features),
-        confidence=confidence,
-    )
-    if reward_weights is not None:
-        request.reward_weights.CopyFrom(_weights(reward_weights))
-    return request
-
-
-def models_from(response: _pb.ListModelsResponse) -> list[ModelSpec]:
-    return [
-        ModelSpec(
-            m.id,
-            m.provider,
-            m.input_usd_per_mtok,
-            m.output_usd_per_mtok,
-            m.expected_latency_s,
-            m.quality_prior,
-        )
-        for m in response.models
-    ]
-
-
-def stats_from(r: _pb.GetStatsResponse) -> SidecarStats:
-    models = {
-        m.model_id: RemoteModelStats(
-            m.model_id,
-            m.selections,
-            m.mean_reward,
-            m.weight_sum,
-            m.cost_usd_sum,
-            m.latency_s_sum,
-            m.outcomes,
-            m.mean_cost_usd,
-            m.mean_latency_s,
-        )
-        for m in r.models
-    }
-    return SidecarStats(
-        models, r.pending_queries, dict(r.feedback_counts), r.policy, r.policy_version
-    )
 
 
 class _Base:
