@@ -11,7 +11,8 @@
 
 use crate::error::{CoreError, CoreResult};
 use crate::kernels::{
-    axpy, dot, packed_len, packed_scaled_identity, quad_form, rank1_update, sym_matvec,
+    axpy, dot, packed_len, packed_scaled_identity, quad_form, quad_form_mixed, rank1_update,
+    rank1_update_mirrored, sym_matvec, MIRROR_MIN_DIM,
 };
 use crate::linalg::invert_spd_packed;
 
@@ -33,6 +34,9 @@ pub struct LinearStats {
     pub(crate) a: Vec<f64>,
     /// Stored `A⁻¹` (packed); the true inverse is `a_inv / scale`.
     pub(crate) a_inv: Vec<f64>,
+    /// f32 copy of `a_inv` read by selection when `dim >= MIRROR_MIN_DIM` (empty otherwise);
+    /// derived, so never serialised.
+    pub(crate) a_inv_f32: Vec<f32>,
     pub(crate) b: Vec<f64>,
     pub(crate) theta: Vec<f64>,
     pub(crate) scale: f64,
@@ -63,9 +67,10 @@ impl LinearStats {
         } else {
             a.clone()
         };
-        LinearStats {
+        let mut stats = LinearStats {
             dim,
             a,
+            a_inv_f32: Vec::new(),
             a_inv: packed_scaled_identity(dim, 1.0 / ridge),
             b: vec![0.0; dim],
             theta: vec![0.0; dim],
@@ -77,6 +82,16 @@ impl LinearStats {
             explicit_delta,
             delta_base,
             delta_rx: vec![0.0; dim],
+        };
+        stats.refresh_mirror();
+        stats
+    }
+
+    /// Rebuilds the f32 selection mirror of `A⁻¹` (a no-op below `MIRROR_MIN_DIM`).
+    pub(crate) fn refresh_mirror(&mut self) {
+        if self.dim >= MIRROR_MIN_DIM {
+            self.a_inv_f32.clear();
+            self.a_inv_f32.extend(self.a_inv.iter().map(|v| *v as f32));
         }
     }
 
@@ -89,7 +104,12 @@ impl LinearStats {
     /// `xᵀA⁻¹x`, the squared posterior width at `x` (before any exploration multiplier).
     #[inline]
     pub fn width_sq(&self, x: &[f64]) -> f64 {
-        (quad_form(&self.a_inv, x) / self.scale).max(0.0)
+        let q = if self.a_inv_f32.is_empty() {
+            quad_form(&self.a_inv, x)
+        } else {
+            quad_form_mixed(&self.a_inv_f32, x)
+        };
+        (q / self.scale).max(0.0)
     }
 
     /// `xᵀA⁻¹x` from the packed doubled outer product of `x` (see
@@ -155,7 +175,11 @@ impl LinearStats {
                 self.refactor();
                 return;
             }
-            rank1_update(&mut self.a_inv, -w_st / denom, u);
+            if self.a_inv_f32.is_empty() {
+                rank1_update(&mut self.a_inv, -w_st / denom, u);
+            } else {
+                rank1_update_mirrored(&mut self.a_inv, &mut self.a_inv_f32, -w_st / denom, u);
+            }
             // θ' = θ + A⁻¹x (c − dw·xᵀθ) / (1 + dw·xᵀA⁻¹x), with A⁻¹x = u / scale.
             let step = (c - dw * x_theta) / (denom * self.scale);
             axpy(step, u, &mut self.theta);
@@ -243,6 +267,7 @@ impl LinearStats {
             *v /= s;
         }
         self.scale = 1.0;
+        self.refresh_mirror();
     }
 
     /// The true `A` (packed), pending terms folded in.
@@ -279,6 +304,7 @@ impl LinearStats {
         }
         self.a = a;
         self.a_inv = a_inv;
+        self.refresh_mirror();
         for (b, r) in self.b.iter_mut().zip(rx) {
             *b += r;
         }
@@ -294,6 +320,7 @@ impl LinearStats {
         // if rounding ever made it fail, the Sherman–Morrison inverse is kept as it is.
         if let Some(inv) = invert_spd_packed(&self.a, self.dim) {
             self.a_inv = inv;
+            self.refresh_mirror();
             self.refresh_theta();
         }
         self.since_refactor = 0;

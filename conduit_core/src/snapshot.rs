@@ -160,8 +160,9 @@ impl Bandit {
             let linear = match (r.u8()?, kind.is_linear()) {
                 (1, true) => {
                     let p = packed_len(dim);
-                    let lin = LinearStats {
+                    let mut lin = LinearStats {
                         dim,
+                        a_inv_f32: Vec::new(),
                         a: r.f64s(p, "A")?,
                         a_inv: r.f64s(p, "A_inv")?,
                         b: r.f64s(dim, "b")?,
@@ -178,6 +179,7 @@ impl Bandit {
                     if lin.scale <= 0.0 {
                         return Err(CoreError::corrupt("scale", "must be > 0"));
                     }
+                    lin.refresh_mirror();
                     Some(lin)
                 }
                 (0, false) => None,

@@ -157,3 +157,41 @@ fn discount_forgets_old_observations() {
     let prod = matmul(&unpack(&a_inv, dim), &unpack(&a, dim));
     assert!((prod[0][0] - 1.0).abs() < 1e-9 && (prod[1][1] - 1.0).abs() < 1e-9);
 }
+
+#[test]
+fn large_dimensions_select_from_the_f32_mirror_to_about_1e_7() {
+    // d > 192 reads an f32 copy of A⁻¹ for the exploration width; it must track the f64
+    // master through updates, downdates, re-factorisations and snapshots.
+    let dim = 200;
+    let mut cfg = PolicyConfig::new(PolicyKind::LinUcb, dim);
+    cfg.refactor_every = 25;
+    let mut p = Bandit::new(cfg, &["a", "b"]).unwrap();
+    let mut s = Stream(21);
+    for t in 0..120 {
+        let x = s.vector(dim);
+        p.update(["a", "b"][t % 2], &x, s.next_f64(), s.next_f64())
+            .unwrap();
+        if t % 10 == 0 {
+            p.reapply("a", &x, 0.0, 0.0, 0.5, 0.5).unwrap();
+            p.reapply("a", &x, 0.5, 0.5, 0.2, 0.1).unwrap();
+        }
+    }
+    let mut restored = Bandit::from_bytes(&p.to_bytes()).unwrap();
+    for _ in 0..5 {
+        let x = s.vector(dim);
+        let sel = p.select(&x, None).unwrap();
+        assert_eq!(sel, restored.select(&x, None).unwrap());
+        let name = p.arm_name(sel.arm).to_owned();
+        let (_, a_inv, _, _) = linear_state(&mut p, &name);
+        let full = unpack(&a_inv, dim);
+        let exact: f64 = (0..dim)
+            .map(|i| x[i] * (0..dim).map(|j| full[i][j] * x[j]).sum::<f64>())
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            (sel.uncertainty - exact).abs() < 1e-6 * exact,
+            "{} vs {exact}",
+            sel.uncertainty
+        );
+    }
+}
