@@ -220,16 +220,34 @@ def test_kill_9_under_load_loses_no_routed_query_and_counts_nothing_twice(
             stub.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10)
 
         stop = threading.Event()
+        load_routed: list[Routed] = []  # routed under load, as the client saw them
+        unacked: list[tuple[str, Routed]] = []  # calls that failed at the crash
         errors: list[str] = []
 
-        def load() -> None:  # Route + Track (no policy change) until the victim dies
+        def load() -> None:  # Route + Track + feedback until the victim dies
             i = 1000
             while not stop.is_set():
                 try:
                     r = route(stub, i)
-                    stub.Track(pb.TrackRequest(query_id=r.query_id, latency_s=0.2), timeout=5)
                 except grpc.RpcError as exc:
                     errors.append(str(exc.code()))
+                    break  # never acknowledged: the client does not know the query
+                load_routed.append(r)
+                for kind in ("track", "feedback"):
+                    try:
+                        if kind == "track":
+                            track = pb.TrackRequest(
+                                query_id=r.query_id, cost_usd=r.cost_usd, latency_s=r.latency_s
+                            )
+                            stub.Track(track, timeout=5)
+                        else:
+                            stub.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=5)
+                    except grpc.RpcError as exc:
+                        errors.append(str(exc.code()))
+                        unacked.append((kind, r))
+                        if kind == "track":
+                            unacked.append(("feedback", r))
+                        return
                 i += 1
 
         thread = threading.Thread(target=load)
@@ -248,7 +266,34 @@ def test_kill_9_under_load_loses_no_routed_query_and_counts_nothing_twice(
                 assert not new.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10).duplicate
             for r in routed[:10]:  # a client retrying what it sent before the crash
                 assert new.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10).duplicate
-            wait_until_agree([new, peer_stub], replay(routed))
+            # The client retries what failed at the crash. A retried signal answered
+            # `duplicate` had landed before the kill; its policy delta may or may not have been
+            # published (docs/OPERATIONS.md: the one in-flight call), so both are accepted.
+            ambiguous: list[Routed] = []
+            for kind, r in unacked:
+                if kind == "track":
+                    new.Track(
+                        pb.TrackRequest(
+                            query_id=r.query_id, cost_usd=r.cost_usd, latency_s=r.latency_s
+                        ),
+                        timeout=10,
+                    )
+                elif new.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10).duplicate:
+                    ambiguous.append(r)
+            assert len(load_routed) > 5, "too little load before the crash"
+            everything = routed + load_routed
+            candidates = [replay(everything)]
+            if ambiguous:
+                lost = {r.query_id for r in ambiguous}
+                candidates.append(replay([r for r in everything if r.query_id not in lost]))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                states = [learned(new), learned(peer_stub)]
+                if any(all(agree(st, want) for st in states) for want in candidates):
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"no agreement with the replay: {states} vs {candidates}")
     finally:
         for c in channels:
             c.close()
