@@ -26,7 +26,7 @@ FAULTS = [
         "Redis stopped under load",
         "`Route` keeps answering; `Track`/`RecordFeedback` `UNAVAILABLE` within 5 s with a "
         "message; everything works again after Redis returns, no restart; replicas agree",
-        _SIDECARS + "redis_outage_fails_fast_then_recovers_without_restart",
+        "tests/test_sync_outage_redis.py",
     ),
     ("PostgreSQL restarted (private cluster)", "the same", "tests/test_sync_outage_postgres.py"),
     (

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from sync_backends import closed_port
-from test_sync_sidecars import (
+from sync_cluster import (
     recovered,
     replay,
     route,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sync_backends import BACKENDS, SHARED_BACKENDS, store_factory
-from test_sync_sidecars import PrivateRedis
+from sync_cluster import PrivateRedis
 
 from conduit_sidecar.bandit import FeatureHasher
 from conduit_sidecar.feedback import FeedbackCollector, FeedbackEvent
