@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,3 +206,34 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+
+class RouteLoad:
+    """Route calls on every stub from a background thread while a fault happens; counts the
+    answers and keeps every failure (Route must never fail because of the store)."""
+
+    def __init__(self, stubs: list[Any]) -> None:
+        self.stubs = stubs
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            stub = self.stubs[i % len(self.stubs)]
+            try:
+                stub.Route(pb.RouteRequest(text=f"load {i}: what is a monad?"), timeout=10)
+                self.ok += 1
+            except grpc.RpcError as exc:
+                self.failures.append(f"{exc.code()}: {exc.details()}")
+            i += 1
+
+    def __enter__(self) -> RouteLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

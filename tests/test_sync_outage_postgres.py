@@ -20,6 +20,7 @@ import grpc
 import pytest
 from sync_backends import closed_port
 from sync_cluster import (
+    RouteLoad,
     recovered,
     replay,
     route,
@@ -111,24 +112,27 @@ def test_postgres_restart_fails_fast_then_recovers_without_restart(
             b.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10)
         wait_until_agree([a, b], replay(routed))
 
-        postgres.stop()
-        for call in (
-            lambda: b.Track(
-                pb.TrackRequest(query_id=routed[0].query_id, latency_s=1.0), timeout=20
-            ),
-            lambda: b.RecordFeedback(thumbs(routed[1].query_id, "down"), timeout=20),
-        ):
-            began = time.monotonic()
-            with pytest.raises(grpc.RpcError) as info:
-                call()
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
-            assert time.monotonic() - began < 12.0  # bounded by the store's connect timeout
-            assert info.value.details()
-        routes_during_outage(a)
-        time.sleep(1.0)  # sync rounds fail meanwhile; the sidecars keep running
+        with RouteLoad([a, b]) as load:  # Route traffic on both replicas throughout
+            postgres.stop()
+            for call in (
+                lambda: b.Track(
+                    pb.TrackRequest(query_id=routed[0].query_id, latency_s=1.0), timeout=20
+                ),
+                lambda: b.RecordFeedback(thumbs(routed[1].query_id, "down"), timeout=20),
+            ):
+                began = time.monotonic()
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+                assert time.monotonic() - began < 12.0  # bounded by the store's connect timeout
+                assert info.value.details()
+            routes_during_outage(a)
+            time.sleep(1.0)  # sync rounds fail meanwhile; the sidecars keep running
 
-        postgres.start()
-        more = [recovered(a, b)]
+            postgres.start()
+            more = [recovered(a, b)]
+        assert load.failures == [], load.failures[:5]
+        assert load.ok > 20
         r = more[0]
         assert not b.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10).duplicate
         wait_until_agree([a, b], replay(routed + more))

@@ -14,6 +14,7 @@ import pytest
 from sync_backends import unique_namespace
 from sync_cluster import (
     PrivateRedis,
+    RouteLoad,
     recovered,
     replay,
     route,
@@ -42,24 +43,27 @@ def test_redis_outage_fails_fast_then_recovers_without_restart(tmp_path: Path) -
             b.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10)
         wait_until_agree([a, b], replay(routed))
 
-        redis.stop()
-        for call in (
-            lambda: b.Track(
-                pb.TrackRequest(query_id=routed[0].query_id, latency_s=1.0), timeout=10
-            ),
-            lambda: b.RecordFeedback(thumbs(routed[1].query_id, "down"), timeout=10),
-        ):
-            began = time.monotonic()
-            with pytest.raises(grpc.RpcError) as info:
-                call()
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
-            assert time.monotonic() - began < 5.0  # fails fast, does not hang
-            assert info.value.details()  # a message, not an empty status
-        routes_during_outage(a)
-        time.sleep(1.0)  # a few sync rounds fail meanwhile; the sidecars must keep running
+        with RouteLoad([a, b]) as load:  # Route traffic on both replicas throughout
+            redis.stop()
+            for call in (
+                lambda: b.Track(
+                    pb.TrackRequest(query_id=routed[0].query_id, latency_s=1.0), timeout=10
+                ),
+                lambda: b.RecordFeedback(thumbs(routed[1].query_id, "down"), timeout=10),
+            ):
+                began = time.monotonic()
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+                assert time.monotonic() - began < 5.0  # fails fast, does not hang
+                assert info.value.details()  # a message, not an empty status
+            routes_during_outage(a)
+            time.sleep(1.0)  # a few sync rounds fail meanwhile; the sidecars must keep running
 
-        redis.start()
-        more = [recovered(a, b)]
+            redis.start()
+            more = [recovered(a, b)]
+        assert load.failures == [], load.failures[:5]
+        assert load.ok > 20
         r = more[0]
         assert not b.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10).duplicate
         wait_until_agree([a, b], replay(routed + more))
