@@ -140,7 +140,11 @@ async def start_synchronizer(
     from .sync.state_store import open_state_store
     from .sync.synchronizer import PolicySynchronizer
 
-    state = open_state_store(config.store_url, namespace=config.state_namespace)
+    state = open_state_store(
+        config.store_url,
+        namespace=config.state_namespace,
+        sqlite_synchronous=config.sqlite_synchronous,
+    )
     try:
         await state.initialize()
         synchronizer = PolicySynchronizer(

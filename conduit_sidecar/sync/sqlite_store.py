@@ -49,11 +49,16 @@ class SqlitePolicyStateStore(PolicyStateStore):
 
     shared = False
 
-    def __init__(self, path: str | Path, *, namespace: str = "conduit") -> None:
+    def __init__(
+        self, path: str | Path, *, namespace: str = "conduit", synchronous: str = "FULL"
+    ) -> None:
         if not _NAMESPACE.match(namespace):
             raise ValueError(
                 f"namespace: expected lower-case letters, digits and _, got {namespace!r}"
             )
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous: expected FULL or NORMAL, got {synchronous!r}")
+        self.synchronous = synchronous  # FULL survives power loss, NORMAL a process crash
         self.path = Path(path)
         self.base_table = f"{namespace}_policy_base"
         self.deltas_table = f"{namespace}_policy_deltas"
@@ -73,7 +78,7 @@ class SqlitePolicyStateStore(PolicyStateStore):
                 self.path, check_same_thread=False, isolation_level=None, timeout=30
             )
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.base_table} ("
                 " id INTEGER PRIMARY KEY CHECK (id = 1),"

@@ -236,7 +236,9 @@ def _add_all(folder: DeltaFolder, page: Sequence[DeltaRecord]) -> None:
         folder.add(record)
 
 
-def open_state_store(url: str, *, namespace: str = "conduit") -> PolicyStateStore:
+def open_state_store(
+    url: str, *, namespace: str = "conduit", sqlite_synchronous: str = "FULL"
+) -> PolicyStateStore:
     """The state store for a sidecar store URL (the same URL the feedback store uses).
 
     `namespace` prefixes Redis keys and PostgreSQL/SQLite table names, so several independent
@@ -255,7 +257,7 @@ def open_state_store(url: str, *, namespace: str = "conduit") -> PolicyStateStor
         path = path[1:] if path.startswith("/") else path
         if not path:
             raise ValueError("store_url: sqlite:/// needs a path, e.g. sqlite:///./conduit.db")
-        return SqlitePolicyStateStore(path, namespace=namespace)
+        return SqlitePolicyStateStore(path, namespace=namespace, synchronous=sqlite_synchronous)
     if scheme in ("redis", "rediss"):
         from conduit_sidecar.sync.redis_store import RedisPolicyStateStore
 
