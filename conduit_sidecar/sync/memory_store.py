@@ -12,6 +12,7 @@ from typing import Any
 
 from conduit_sidecar.sync.state_store import (
     PAGE_SIZE,
+    PUBLISH_MARK_TTL_S,
     START,
     DeltaGap,
     DeltaRecord,
@@ -37,7 +38,7 @@ class MemoryPolicyStateStore(PolicyStateStore):
         self._deltas: list[tuple[int, float, DeltaRecord]] = []  # (seq, monotonic time, record)
         self._next_seq = 1
         self._locks: dict[str, tuple[str, float]] = {}
-        self._published: dict[str, str] = {}
+        self._published: dict[str, tuple[str, float]] = {}  # publish id -> (cursor, when)
 
     async def load_snapshot(self) -> Snapshot | None:
         return self._base
@@ -56,17 +57,19 @@ class MemoryPolicyStateStore(PolicyStateStore):
         self._base = Snapshot(data=bytes(data), watermark=watermark, meta=dict(meta))
         cut = _seq(watermark)
         self._deltas = [entry for entry in self._deltas if entry[0] > cut]
+        horizon = time.monotonic() - PUBLISH_MARK_TTL_S
+        self._published = {k: v for k, v in self._published.items() if v[1] >= horizon}
         return True
 
     async def publish_delta(self, replica_id: str, data: bytes, *, publish_id: str) -> str:
         known = self._published.get(publish_id)
         if known is not None:
-            return known
+            return known[0]
         seq = self._next_seq
         self._next_seq += 1
         record = DeltaRecord(cursor=str(seq), replica_id=replica_id, data=bytes(data))
         self._deltas.append((seq, time.monotonic(), record))
-        self._published[publish_id] = record.cursor
+        self._published[publish_id] = (record.cursor, time.monotonic())
         return record.cursor
 
     async def read_deltas(
