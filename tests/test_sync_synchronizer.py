@@ -325,3 +325,28 @@ async def test_zero_interval_keeps_the_delta_when_the_store_is_down(tmp_path: Pa
         for store in stores:
             await store.close()
         redis.stop()
+
+
+@pytest.mark.parametrize(
+    "kind", ["linucb", "lin_ts", "beta_ts", "ucb1", "epsilon_greedy", "random", "fixed"]
+)
+async def test_every_policy_kind_converges(kind: str, tmp_path: Path) -> None:
+    async with store_factory("sqlite", tmp_path) as make:
+        syncs = []
+        for _ in range(2):
+            sync = PolicySynchronizer(Router(MODELS, feature_dim=DIM, policy=kind), make())
+            await sync.restore()
+            syncs.append(sync)
+        batches = [observations(50 + k, 25) for k in range(2)]
+        for sync, batch in zip(syncs, batches, strict=True):
+            apply(sync.router, batch)
+        await sync_all(syncs)
+        reference = Router(MODELS, feature_dim=DIM, policy=kind)
+        apply(reference, [o for b in batches for o in b])
+        want = reference.policy.arm_stats()
+        for sync in syncs:
+            got = sync.router.policy.arm_stats()
+            for model in MODELS:
+                assert got[model].updates == want[model].updates
+                assert got[model].weight_sum == pytest.approx(want[model].weight_sum, abs=1e-9)
+                assert got[model].reward_sum == pytest.approx(want[model].reward_sum, abs=1e-9)
