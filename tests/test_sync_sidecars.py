@@ -5,6 +5,7 @@ snapshot written with other feature settings refused at start.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -223,3 +224,52 @@ def test_sidecar_refuses_a_snapshot_with_other_feature_settings(
 
 def _serve_cmd() -> list[str]:
     return [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0"]
+
+
+def _catalogue(path: Path, ids: list[str]) -> str:
+    models = [
+        {
+            "id": model_id,
+            "provider": "test",
+            "input_usd_per_mtok": 1.0,
+            "output_usd_per_mtok": 2.0,
+            "expected_latency_s": 1.0,
+            "quality_prior": 0.5,
+        }
+        for model_id in ids
+    ]
+    path.write_text(json.dumps({"models": models}))
+    return str(path)
+
+
+def test_a_changed_catalogue_keeps_what_remains(namespace: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'conduit.db'}"
+    old = _catalogue(tmp_path / "old.json", ["keep-a", "keep-b", "retired"])
+    first = start(tmp_path, "first", url, namespace, "--catalogue", old)
+    with first.channel() as channel:
+        stub = first.stub(channel)
+        dim = len(stub.Route(pb.RouteRequest(text="dim", include_features=True)).features)
+        for i, model in enumerate(["keep-a", "keep-b", "retired"] * 3):
+            features = [1.0] + [(i % 3) / 3] * (dim - 1)
+            stub.Update(
+                pb.UpdateRequest(
+                    model_id=model, cost_usd=0.001, quality_score=0.3 * (i % 3), latency_s=1.0,
+                    features=features,
+                ),
+                timeout=10,
+            )  # fmt: skip
+        before = learned(stub)
+    assert first.terminate() == 0
+    new = _catalogue(tmp_path / "new.json", ["keep-a", "keep-b", "newcomer"])
+    second = start(tmp_path, "second", url, namespace, "--catalogue", new)
+    try:
+        with second.channel() as channel:
+            after = learned(second.stub(channel))
+        assert set(after) == {"keep-a", "keep-b", "newcomer"}
+        for model in ("keep-a", "keep-b"):
+            assert after[model] == pytest.approx(before[model], abs=1e-9)
+        assert after["newcomer"][0] == 0.0
+        log = second.log()
+        assert "catalogue changed" in log and "retired" in log and "newcomer" in log
+    finally:
+        assert second.terminate() == 0
