@@ -35,6 +35,11 @@ FAULTS = [
         _SIDECARS + "learning_survives_a_restart_on_the_sqlite_default",
     ),
     (
+        "restart with a changed model catalogue",
+        "remaining models keep their statistics; the new one starts fresh; both logged",
+        _SIDECARS + "a_changed_catalogue_keeps_what_remains",
+    ),
+    (
         "snapshot written with other feature settings",
         "refused at start; the message says what to do; nothing deleted",
         _SIDECARS + "sidecar_refuses_a_snapshot_with_other_feature_settings",
