@@ -213,6 +213,30 @@ mod avx {
         let mut acc0 = _mm256_setzero_pd();
         let mut acc1 = _mm256_setzero_pd();
         let mut i = 0;
+        // Four independent sums hide the FMA latency on long (flat) dot products.
+        let mut acc2 = _mm256_setzero_pd();
+        let mut acc3 = _mm256_setzero_pd();
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_pd(_mm256_loadu_pd(pa.add(i)), _mm256_loadu_pd(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_pd(
+                _mm256_loadu_pd(pa.add(i + 4)),
+                _mm256_loadu_pd(pb.add(i + 4)),
+                acc1,
+            );
+            acc2 = _mm256_fmadd_pd(
+                _mm256_loadu_pd(pa.add(i + 8)),
+                _mm256_loadu_pd(pb.add(i + 8)),
+                acc2,
+            );
+            acc3 = _mm256_fmadd_pd(
+                _mm256_loadu_pd(pa.add(i + 12)),
+                _mm256_loadu_pd(pb.add(i + 12)),
+                acc3,
+            );
+            i += 16;
+        }
+        acc0 = _mm256_add_pd(acc0, acc2);
+        acc1 = _mm256_add_pd(acc1, acc3);
         while i + 8 <= n {
             acc0 = _mm256_fmadd_pd(_mm256_loadu_pd(pa.add(i)), _mm256_loadu_pd(pb.add(i)), acc0);
             acc1 = _mm256_fmadd_pd(
