@@ -302,6 +302,10 @@ def main() -> int:
     summary = {k: v for k, v in result.items() if k != "samples"}
     print(json.dumps(summary, indent=1))
     ok = result["errors"] == 0 and agree and all(c == 0 for c in exit_codes.values())
+    if ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"sidecar logs kept in {workdir}", file=sys.stderr)
     return 0 if ok else 1
 
 
