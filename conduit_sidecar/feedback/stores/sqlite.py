@@ -1,23 +1,40 @@
 """SQLite store: the embedded, durable default (no server, survives restarts).
 
-stdlib `sqlite3` on one connection owned by a single worker thread, so the event loop never
-blocks on disk and statements never interleave. Every operation is one `BEGIN IMMEDIATE`
-transaction: it takes the write lock up front, so two processes sharing the file cannot both
-pass the duplicate check either. WAL journal with `synchronous=FULL` (configurable): a
-committed signal survives a crash of the process or the machine.
+stdlib `sqlite3` on one connection owned by a single worker thread (`sqlite_writer`), so the
+event loop never blocks on disk and statements never interleave. Writes are group committed:
+the worker runs every write queued while the previous transaction was committing in ONE
+`BEGIN IMMEDIATE` transaction (each in its own savepoint, so each is exactly as atomic as a
+transaction of its own, against this process and against another sharing the file) and
+commits once. WAL journal with `synchronous=FULL` (configurable): a call that returned after
+its commit survives a crash of the process or the machine.
+
+`decision_durability` concerns `log_decision` only, the write every `Route` makes:
+
+- `"buffered"` (the default): `log_decision` returns once the decision is queued; the worker
+  commits it within `flush_interval_s` (default 5 ms) plus one commit, together with every
+  other decision of that interval (one fsync for all of them). Reads and writes are served in
+  queue order, so anything that follows (`Track`, feedback, `get`) sees the decision at once.
+  What a crash (`kill -9`, power loss) can lose is the decisions of that last interval: their
+  `Track`/feedback then gets NOT_FOUND, as when the store is unreachable during `Route`
+  (routing never depends on the store). A clean `close()` flushes everything. While the store
+  is failing (or before its first commit) `log_decision` waits and raises `Unavailable`, as
+  in commit mode. This is the default because a sequential `Route` cannot afford an fsync
+  (hundreds of microseconds to milliseconds) against a budget of about one millisecond.
+- `"commit"`: `log_decision` returns after the commit that contains the decision.
+
+Everything else (`apply`: Track, feedback, session feedback) always returns only after its
+commit: a signal acknowledged to a client is durable, and its idempotency mark with it.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-from conduit_sidecar.errors import Unavailable
 from conduit_sidecar.feedback.events import FeedbackEvent
 from conduit_sidecar.feedback.observation import Accumulators, Contribution, accumulate
 from conduit_sidecar.feedback.stores.base import (
@@ -37,9 +54,11 @@ from conduit_sidecar.feedback.stores.base import (
     mark_to_json,
     not_found,
 )
+from conduit_sidecar.feedback.stores.sqlite_writer import GroupCommitWriter
 from conduit_sidecar.query import RoutingDecision
 
-T = TypeVar("T")
+DecisionDurability = Literal["commit", "buffered"]
+DEFAULT_FLUSH_INTERVAL_S = 0.005
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
@@ -89,7 +108,11 @@ def _accumulators(row: sqlite3.Row | tuple[object, ...]) -> Accumulators:
 
 
 class SqliteFeedbackStore(FeedbackStore):
-    """Pending queries, marks, sessions and the feedback log in one SQLite file."""
+    """Pending queries, marks, sessions and the feedback log in one SQLite file.
+
+    `decision_durability` and `flush_interval_s` are described in the module docstring;
+    `writer.commits` counts the transactions committed (one per group).
+    """
 
     def __init__(
         self,
@@ -98,52 +121,45 @@ class SqliteFeedbackStore(FeedbackStore):
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        decision_durability: DecisionDurability = "buffered",
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        if decision_durability not in ("commit", "buffered"):
+            raise ValueError(
+                f"decision_durability must be 'commit' or 'buffered', got {decision_durability!r}"
+            )
+        if (
+            isinstance(flush_interval_s, bool)
+            or not isinstance(flush_interval_s, int | float)
+            or not math.isfinite(flush_interval_s)
+            or not 0 <= flush_interval_s <= 1
+        ):
+            raise ValueError(
+                f"flush_interval_s must be in [0, 1] seconds, got {flush_interval_s!r}"
+            )
         self.path = str(path)
         self.ttl_seconds = check_ttl(ttl_seconds)
         self.history_limit = check_history_limit(history_limit)
+        self.decision_durability: DecisionDurability = decision_durability
         self._synchronous = synchronous
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conduit-sqlite")
-        self._conn: sqlite3.Connection | None = None
-        self._writes = 0
-        self._closed = False
-
-    # Thread plumbing: every function below named _sync_* runs on the worker thread.
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise Unavailable(f"SQLite feedback store unreachable at {self.path!r}: closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn)
-
-    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            if self._conn is None:
-                self._conn = self._open()
-            return fn(self._conn)
-        except sqlite3.Error as exc:
-            raise Unavailable(f"SQLite feedback store unreachable at {self.path!r}: {exc}") from exc
+        self.writer = GroupCommitWriter(
+            self._open, self.path, flush_interval_s=float(flush_interval_s)
+        )
+        self._writes = 0  # worker thread only
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        conn.executescript(_SCHEMA)
-        return conn
-
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn()
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.executescript(_SCHEMA)
         except BaseException:
-            conn.execute("ROLLBACK")
+            conn.close()
             raise
-        conn.execute("COMMIT")
-        return result
+        return conn
 
     def _maybe_purge(self, conn: sqlite3.Connection, now: float) -> None:
         self._writes += 1
@@ -170,49 +186,43 @@ class SqliteFeedbackStore(FeedbackStore):
 
     @staticmethod
     def _insert(
-        conn: sqlite3.Connection, decision: RoutingDecision, now: float, ttl_s: float
+        conn: sqlite3.Connection, decision: RoutingDecision, text: str, now: float, ttl_s: float
     ) -> None:
         # An expired row with the same id is replaced, and its marks with it.
         conn.execute("DELETE FROM marks WHERE query_id = ?", (decision.query_id,))
         conn.execute(
             "INSERT OR REPLACE INTO queries (query_id, decision, session_id, created_at,"
             " expires_at) VALUES (?, ?, ?, ?, ?)",
-            (decision.query_id, decision_to_json(decision), decision.session_id, now, now + ttl_s),
+            (decision.query_id, text, decision.session_id, now, now + ttl_s),
         )
 
     # The interface.
 
     async def initialize(self) -> None:
-        await self._run(lambda conn: None)
+        await self.writer.call(lambda conn: None, write=False)
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-
-        def shut() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
-        self._executor.shutdown(wait=True)
+        await self.writer.close()  # flushes every queued write first
 
     async def log_decision(self, decision: RoutingDecision, ttl_s: float) -> bool:
+        """In "buffered" mode, True once queued: whether a live entry already existed (it is
+        then left as is) is settled when the group is written."""
         ttl_s = check_ttl(ttl_s)
+        # Serialised here, not on the worker: a decision that cannot be stored fails its own
+        # caller, and a later change to the object cannot alter what is written.
+        text = decision_to_json(decision)
 
         def op(conn: sqlite3.Connection) -> bool:
-            def body() -> bool:
-                now = time.time()
-                if self._row(conn, decision.query_id, now) is not None:
-                    return False
-                self._insert(conn, decision, now, ttl_s)
-                self._maybe_purge(conn, now)
-                return True
+            now = time.time()
+            if self._row(conn, decision.query_id, now) is not None:
+                return False
+            self._insert(conn, decision, text, now, ttl_s)
+            self._maybe_purge(conn, now)
+            return True
 
-            return self._transaction(conn, body)
-
-        return await self._run(op)
+        if self.decision_durability == "buffered" and self.writer.post(op):
+            return True
+        return await self.writer.call(op, write=True)
 
     async def apply(
         self,
@@ -228,14 +238,15 @@ class SqliteFeedbackStore(FeedbackStore):
         if ttl_s is not None:
             ttl_s = check_ttl(ttl_s)
         log_rows = [(event_to_json(e),) for e in events]
+        create_text = None if create is None else decision_to_json(create)
 
         def body(conn: sqlite3.Connection) -> Applied:
             now = time.time()
             row = self._row(conn, query_id, now)
             if row is None:
-                if create is None:
+                if create is None or create_text is None:
                     raise not_found(query_id)
-                self._insert(conn, create, now, ttl_s or self.ttl_seconds)
+                self._insert(conn, create, create_text, now, ttl_s or self.ttl_seconds)
                 row = self._row(conn, query_id, now)
                 assert row is not None  # just inserted inside this transaction
             decision = decision_from_json(str(row[0]))
@@ -274,7 +285,9 @@ class SqliteFeedbackStore(FeedbackStore):
             self._maybe_purge(conn, now)
             return Applied(decision, before, after, False, stored)
 
-        return await self._run(lambda conn: self._transaction(conn, lambda: body(conn)))
+        # One savepoint in the group's transaction: duplicate check + apply + mark + log are
+        # all or nothing, under the write lock, and the caller resumes after the COMMIT.
+        return await self.writer.call(body, write=True)
 
     async def get(self, query_id: str) -> PendingQuery | None:
         def op(conn: sqlite3.Connection) -> PendingQuery | None:
@@ -287,7 +300,7 @@ class SqliteFeedbackStore(FeedbackStore):
                 float(row[1]),  # type: ignore[arg-type]
             )
 
-        return await self._run(op)
+        return await self.writer.call(op, write=False)
 
     async def session_query_ids(self, session_id: str) -> list[str]:
         def op(conn: sqlite3.Connection) -> list[str]:
@@ -298,7 +311,7 @@ class SqliteFeedbackStore(FeedbackStore):
             ).fetchall()
             return [str(r[0]) for r in rows]
 
-        return await self._run(op)
+        return await self.writer.call(op, write=False)
 
     async def pending_count(self) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -307,7 +320,7 @@ class SqliteFeedbackStore(FeedbackStore):
             ).fetchone()
             return int(row[0])
 
-        return await self._run(op)
+        return await self.writer.call(op, write=False)
 
     async def recent_events(self, limit: int) -> list[FeedbackEvent]:
         def op(conn: sqlite3.Connection) -> list[FeedbackEvent]:
@@ -317,11 +330,11 @@ class SqliteFeedbackStore(FeedbackStore):
             ).fetchall()
             return [event_from_json(r[0]) for r in rows]
 
-        return await self._run(op)
+        return await self.writer.call(op, write=False)
 
     async def signal_counts(self) -> dict[str, int]:
         def op(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute("SELECT signal_type, count FROM signal_counts").fetchall()
             return {str(r[0]): int(r[1]) for r in rows}
 
-        return await self._run(op)
+        return await self.writer.call(op, write=False)
