@@ -137,10 +137,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         f"| exit codes after SIGTERM | {result['exit_codes']} |",
         "",
         "Reading: memory has no growth trend (drift between the first and the last minute after "
-        "warm-up). Short peaks, one 5 s sample each, appear about once a minute on the replica "
-        "that wins the compaction lock (folding the last minute of deltas, about 190 KB each "
-        f"with all models touched); peak over median: A {peak['A']:+.0f}%, B {peak['B']:+.0f}%. "
-        "Throughput swings come from other work sharing the machine's two cores; the two "
+        f"warm-up); the highest sample is {peak['A']:+.0f}% (A) and {peak['B']:+.0f}% (B) above "
+        "the median. (An earlier run that folded deltas in a worker thread showed a peak of up "
+        "to +16% at every compaction, from that thread's malloc arena; compaction now folds on "
+        "the event loop, one delta of about 1 ms at a time.) Throughput swings come from "
+        "other work sharing the machine's two cores; the two "
         "replicas track each other closely. Pending queries plateau once the 60 s TTL expires "
         "the oldest. The sync lag is at most about two 1 s intervals (publish tick + read "
         "tick) plus a round trip, as docs/OPERATIONS.md states.",
