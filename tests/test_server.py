@@ -3,6 +3,7 @@ graceful SIGTERM, and a restart on the SQLite default that keeps pending queries
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -263,3 +264,13 @@ def test_an_unreachable_store_at_startup_exits_1_without_leaking_secrets(url: st
     assert result.returncode == 1
     assert "127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr
     assert ":pw@" not in result.stderr
+
+
+def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
+    server = Sidecar(["--store-url", "memory://", "--json-logs"], tmp_path / "sidecar.log")
+    assert server.terminate() == 0
+    entries = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    messages = [e["msg"] for e in entries]
+    assert any(m.startswith("serving conduit.v1.ConduitService on 127.0.0.1:") for m in messages)
+    assert any(m.startswith("stopped after") for m in messages)
+    assert {"ts", "level", "logger", "msg"} <= set(entries[0])
