@@ -328,6 +328,7 @@ def test_bad_inputs_are_refused_and_change_nothing(
 BAD_CONFIGS: list[tuple[dict[str, Any], str]] = [
     ({"dim": 0}, "dim"),
     ({"dim": 2.5}, "dim"),
+    ({"dim": 4096}, "dim"),  # linear policies stop at 2048: three packed matrices per arm
     ({"alpha": float("nan")}, "alpha"),
     ({"alpha": -1.0}, "alpha"),
     ({"ridge": 0.0}, "ridge"),

@@ -72,6 +72,9 @@ impl PolicyKind {
     }
 }
 
+/// Largest feature dimension a linear policy accepts.
+pub const MAX_LINEAR_DIM: usize = 2048;
+
 /// Every tunable of every policy; each policy reads the ones it needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyConfig {
@@ -119,10 +122,22 @@ impl PolicyConfig {
 
     /// Refuses any value a policy cannot run with, naming the field.
     pub fn validate(&self) -> CoreResult<()> {
-        if self.dim == 0 || self.dim > 65_536 {
+        // Linear policies keep three packed d x d matrices per arm: 2048 is ~50 MB per arm,
+        // far past any useful feature size, and refusing more keeps a typo from exhausting
+        // memory.
+        let max_dim = if self.kind.is_linear() {
+            MAX_LINEAR_DIM
+        } else {
+            65_536
+        };
+        if self.dim == 0 || self.dim > max_dim {
             return Err(CoreError::invalid(
                 "dim",
-                format!("must be in [1, 65536], got {}", self.dim),
+                format!(
+                    "must be in [1, {max_dim}] for {}, got {}",
+                    self.kind.name(),
+                    self.dim
+                ),
             ));
         }
         let positive = |field: &'static str, v: f64| {
