@@ -165,15 +165,18 @@ def test_sigterm_flips_health_first_then_drains_in_flight_calls(tmp_path: Path) 
     try:
         with server.channel() as channel:
             stub = server.stub(channel)
-            stub.Route(pb.RouteRequest(text="warm up"))  # creates the tables
+            query_id = stub.Route(pb.RouteRequest(text="warm up")).query_id
+            stub.GetStats(pb.GetStatsRequest())  # the decision is on disk (buffered writes)
+            time.sleep(0.1)
             health = health_pb2_grpc.HealthStub(channel)
             watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=30)
             assert next(watch).status == SERVING
-            # Hold SQLite's write lock, so the next Route is in flight inside the store, for
+            # Hold SQLite's write lock, so the next Track is in flight inside the store, for
             # real, until the test lets go (the store waits on its busy timeout).
             lock = sqlite3.connect(db, timeout=1, isolation_level=None)
             lock.execute("BEGIN EXCLUSIVE")
-            in_flight = stub.Route.future(pb.RouteRequest(text="slow one"), timeout=30)
+            track = pb.TrackRequest(query_id=query_id, cost_usd=0.001, latency_s=0.5)
+            in_flight = stub.Track.future(track, timeout=30)
             time.sleep(0.5)
             assert not in_flight.done()
             server.proc.terminate()  # SIGTERM
@@ -183,7 +186,7 @@ def test_sigterm_flips_health_first_then_drains_in_flight_calls(tmp_path: Path) 
             lock.execute("COMMIT")
             lock.close()
             response = in_flight.result(timeout=20)
-            assert response.selected_model
+            assert response.query_id == query_id  # drained: answered OK, not cancelled
         assert server.proc.wait(timeout=30) == 0
     finally:
         server.stop()
