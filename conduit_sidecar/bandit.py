@@ -223,10 +223,16 @@ class BanditPolicy:
         return self._policy.to_bytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> BanditPolicy:
+    def from_bytes(cls, data: bytes, *, dim: int | None = None) -> BanditPolicy:
+        """Load a snapshot; with ``dim``, refuse one of another feature dimension."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise CoreError("snapshot: must be bytes")
-        return cls._wrap(_core.Policy.from_bytes(bytes(data)))
+        policy = cls._wrap(_core.Policy.from_bytes(bytes(data)))
+        if dim is not None and policy.config.dim != dim:
+            raise CoreError(
+                f"snapshot: feature dimension {policy.config.dim} does not match the expected {dim}"
+            )
+        return policy
 
     def take_delta(self) -> bytes:
         """Additive statistics applied locally since the last call, then reset."""

@@ -206,6 +206,9 @@ def test_corrupt_snapshot_is_refused() -> None:
         BanditPolicy.from_bytes(bytes(data))
     with pytest.raises(CoreError, match="snapshot"):
         BanditPolicy.from_bytes(b"not a snapshot")
+    with pytest.raises(CoreError, match="dimension 6 does not match the expected 64"):
+        BanditPolicy.from_bytes(make().to_bytes(), dim=64)
+    assert BanditPolicy.from_bytes(make().to_bytes(), dim=6).config.dim == 6
     with pytest.raises(CoreError, match="snapshot"):
         BanditPolicy.from_bytes("text")  # type: ignore[arg-type]
 
