@@ -13,10 +13,13 @@ its commit survives a crash of the process or the machine.
 - `"buffered"` (the default): `log_decision` returns once the decision is queued; the worker
   commits it within `flush_interval_s` (default 5 ms) plus one commit, together with every
   other decision of that interval (one fsync for all of them). Reads and writes are served in
-  queue order, so anything that follows (`Track`, feedback, `get`) sees the decision at once.
-  What a crash (`kill -9`, power loss) can lose is the decisions of that last interval: their
+  queue order, so whatever follows through this store (`Track`, feedback, `get`) sees the
+  decision at once, and an acknowledged `Track` implies its decision was committed too.
+  What a crash (`kill -9`, power loss) can lose is the decisions of that window: their
   `Track`/feedback then gets NOT_FOUND, as when the store is unreachable during `Route`
-  (routing never depends on the store). A clean `close()` flushes everything. While the store
+  (routing never depends on the store). The window is longer only while the file is slow
+  or locked by another process (at most 10,000 decisions are queued; beyond that
+  `log_decision` waits for its commit). A clean `close()` flushes everything. While the store
   is failing (or before its first commit) `log_decision` waits and raises `Unavailable`, as
   in commit mode. This is the default because a sequential `Route` cannot afford an fsync
   (hundreds of microseconds to milliseconds) against a budget of about one millisecond.
