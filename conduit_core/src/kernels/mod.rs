@@ -1,0 +1,183 @@
+//! Inner loops over symmetric matrices stored packed (upper triangle, row after row), the
+//! storage every linear policy uses for `A` and `A⁻¹`: the quadratic form and the matvec read
+//! half the memory of a full matrix, and at d = 386 that halving is most of the speed.
+//!
+//! Each kernel has a portable version (plain loops with independent accumulators) and an
+//! explicit AVX2+FMA version chosen at run time. The two round differently in the last bits
+//! (fused multiply-add, summation order), which is why tests compare them to a tolerance.
+
+/// Number of stored entries of a packed symmetric `dim x dim` matrix.
+pub const fn packed_len(dim: usize) -> usize {
+    dim * (dim + 1) / 2
+}
+
+/// Offset of row `i` (its diagonal entry) in a packed matrix of dimension `dim`.
+#[inline(always)]
+pub const fn row_start(dim: usize, i: usize) -> usize {
+    i * (2 * dim + 1 - i) / 2
+}
+
+/// Below this dimension a batch of quadratic forms first builds the packed outer product of
+/// `x` (off-diagonal entries doubled) and then takes one flat dot product per matrix: no
+/// per-row loop overhead, which dominates for short rows. Above it the outer product would
+/// double the memory each form reads, and rows are long enough to amortise their overhead.
+pub const FLAT_QUAD_MAX_DIM: usize = 192;
+
+/// Writes the packed `x xᵀ` with off-diagonal entries doubled, so that for any packed
+/// symmetric `M`, `xᵀ M x = dot(M, out)`.
+pub fn packed_outer_doubled(x: &[f64], out: &mut Vec<f64>) {
+    let dim = x.len();
+    out.clear();
+    out.resize(packed_len(dim), 0.0);
+    let mut off = 0;
+    for i in 0..dim {
+        let len = dim - i;
+        let xi = x[i];
+        let row = &mut out[off..off + len];
+        row[0] = xi * xi;
+        for (o, xj) in row[1..].iter_mut().zip(&x[i + 1..]) {
+            *o = 2.0 * xi * xj;
+        }
+        off += len;
+    }
+}
+
+/// Packed identity scaled by `value`.
+pub fn packed_scaled_identity(dim: usize, value: f64) -> Vec<f64> {
+    let mut m = vec![0.0; packed_len(dim)];
+    for i in 0..dim {
+        m[row_start(dim, i)] = value;
+    }
+    m
+}
+
+/// Entry (i, j) of a packed symmetric matrix.
+#[inline]
+pub fn packed_get(m: &[f64], dim: usize, i: usize, j: usize) -> f64 {
+    let (r, c) = if i <= j { (i, j) } else { (j, i) };
+    m[row_start(dim, r) + (c - r)]
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx;
+mod portable;
+use portable::*;
+
+/// Whether the AVX2+FMA kernels may run (std caches the CPU check).
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $name:ident, $fast:ident, $portable:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if has_avx2_fma() {
+                    // SAFETY: the CPU was just checked to support AVX2 and FMA, and the
+                    // kernels only read and write within the slices they are given.
+                    return unsafe { avx::$fast($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
+        }
+    };
+}
+
+dispatch!(
+    /// Dot product of two slices (over the shorter length).
+    dot, dot, dot_portable, (a: &[f64], b: &[f64]) -> f64
+);
+dispatch!(
+    /// `y += alpha * x` (over the shorter length).
+    axpy, axpy, axpy_portable, (alpha: f64, x: &[f64], y: &mut [f64]) -> ()
+);
+dispatch!(
+    /// Quadratic form `x^T M x` of a packed symmetric matrix; `x.len()` is the dimension.
+    quad_form, quad, quad_portable, (m: &[f64], x: &[f64]) -> f64
+);
+dispatch!(
+    /// `y = M x` for a packed symmetric matrix; `x.len()` is the dimension.
+    sym_matvec, matvec, matvec_portable, (m: &[f64], x: &[f64], y: &mut [f64]) -> ()
+);
+dispatch!(
+    /// `M += alpha * u u^T` on a packed symmetric matrix; `u.len()` is the dimension.
+    rank1_update, rank1, rank1_portable, (m: &mut [f64], alpha: f64, u: &[f64]) -> ()
+);
+dispatch!(
+    /// `x^T M x` for a packed symmetric `M` stored as f32, accumulated in f64.
+    quad_form_mixed, quad_mixed, quad_mixed_portable, (m: &[f32], x: &[f64]) -> f64
+);
+dispatch!(
+    /// [`rank1_update`] that also refreshes an f32 copy of `M` in the same pass.
+    rank1_update_mirrored, rank1_mirror, rank1_mirror_portable,
+    (m: &mut [f64], mirror: &mut [f32], alpha: f64, u: &[f64]) -> ()
+);
+
+/// Above this dimension selection reads an f32 mirror of `A⁻¹` (products and sums in f64):
+/// at d = 386 each arm's packed f64 inverse is 584 KiB, selection is bound by memory
+/// bandwidth, and halving the bytes read nearly halves its time. The f64 inverse stays the
+/// master copy for `θ`, updates and snapshots; only the exploration width `sqrt(xᵀA⁻¹x)` is
+/// computed from the mirror, to about 1e-7 relative.
+pub const MIRROR_MIN_DIM: usize = FLAT_QUAD_MAX_DIM + 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(m: &[f64], dim: usize) -> Vec<Vec<f64>> {
+        (0..dim)
+            .map(|i| (0..dim).map(|j| packed_get(m, dim, i, j)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn row_starts_follow_the_packed_layout() {
+        let dim = 7;
+        let mut expected = 0;
+        for i in 0..dim {
+            assert_eq!(row_start(dim, i), expected);
+            expected += dim - i;
+        }
+        assert_eq!(expected, packed_len(dim));
+    }
+
+    #[test]
+    fn kernels_match_the_full_matrix_arithmetic() {
+        for dim in [1usize, 2, 7, 8, 9, 17, 33] {
+            let mut m = packed_scaled_identity(dim, 2.0);
+            let u: Vec<f64> = (0..dim).map(|i| (i as f64 * 0.37).sin()).collect();
+            rank1_update(&mut m, 0.5, &u);
+            let x: Vec<f64> = (0..dim).map(|i| (i as f64 * 1.3).cos()).collect();
+            let f = full(&m, dim);
+            for i in 0..dim {
+                for j in 0..dim {
+                    let want = if i == j { 2.0 } else { 0.0 } + 0.5 * u[i] * u[j];
+                    assert!((f[i][j] - want).abs() < 1e-12);
+                }
+            }
+            let mut y = vec![0.0; dim];
+            sym_matvec(&m, &x, &mut y);
+            let mut q = 0.0;
+            for i in 0..dim {
+                let yi: f64 = (0..dim).map(|j| f[i][j] * x[j]).sum();
+                assert!((y[i] - yi).abs() < 1e-12, "dim {dim} row {i}");
+                q += x[i] * yi;
+            }
+            assert!((quad_form(&m, &x) - q).abs() < 1e-10 * q.abs().max(1.0));
+            assert!(
+                (dot(&x, &u) - x.iter().zip(&u).map(|(a, b)| a * b).sum::<f64>()).abs() < 1e-12
+            );
+        }
+    }
+}
