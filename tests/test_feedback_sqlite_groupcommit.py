@@ -7,6 +7,7 @@ What another process would find in the file is read through a separate sqlite3 c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sqlite3
 import subprocess
@@ -119,6 +120,36 @@ async def test_closing_flushes_every_queued_decision(tmp_path: Path) -> None:
             assert pending is not None and pending.decision == d
     finally:
         await reopened.close()
+
+
+async def test_buffered_decisions_keep_live_entries_and_replace_expired_ones(
+    tmp_path: Path,
+) -> None:
+    store = SqliteFeedbackStore(tmp_path / "f.db", flush_interval_s=1.0)
+    collector = make_collector(store)
+    try:
+        warm, live, old = await decisions(3)
+        await collector.log_decision(warm)  # the first write waits for its commit
+        await collector.log_decision(old, ttl_seconds=0.2)
+        await collector.track(old.query_id, cost=0.001, ttl_seconds=0.2)
+        await collector.record(FeedbackEvent(old.query_id, "thumbs", {"value": "up"}))
+        await asyncio.sleep(0.3)  # `old` expires
+        await collector.log_decision(live)
+        commits = store.writer.commits
+        other = dataclasses.replace(live, selected_model="strong-model", reasoning="other")
+        renewed = dataclasses.replace(old, reasoning="logged again")
+        for d in (other, renewed):  # one run of buffered decisions, one executemany
+            assert await store.log_decision(d, 60.0)
+        assert store.writer.commits == commits  # still queued
+        kept = await store.get(live.query_id)
+        assert kept is not None and kept.decision == live  # a live entry is left as is
+        fresh = await store.get(old.query_id)
+        assert fresh is not None and fresh.decision == renewed
+        assert fresh.accumulators.quality_den == 0 and fresh.accumulators.cost_usd is None
+        again = await collector.record(FeedbackEvent(old.query_id, "thumbs", {"value": "up"}))
+        assert not again.duplicate  # the expired entry's marks went with it
+    finally:
+        await store.close()
 
 
 _CHILD = r"""

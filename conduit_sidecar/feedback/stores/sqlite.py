@@ -164,9 +164,9 @@ class SqliteFeedbackStore(FeedbackStore):
             raise
         return conn
 
-    def _maybe_purge(self, conn: sqlite3.Connection, now: float) -> None:
-        self._writes += 1
-        if self._writes % _PURGE_EVERY:
+    def _maybe_purge(self, conn: sqlite3.Connection, now: float, writes: int = 1) -> None:
+        before, self._writes = self._writes, self._writes + writes
+        if before // _PURGE_EVERY == self._writes // _PURGE_EVERY:
             return
         conn.execute(
             "DELETE FROM marks WHERE query_id IN"
@@ -223,9 +223,35 @@ class SqliteFeedbackStore(FeedbackStore):
             self._maybe_purge(conn, now)
             return True
 
-        if self.decision_durability == "buffered" and self.writer.post(op):
+        item = (decision.query_id, text, decision.session_id, ttl_s)
+        if self.decision_durability == "buffered" and self.writer.post(self._log_many, item):
             return True
         return await self.writer.call(op, write=True)
+
+    def _log_many(
+        self, conn: sqlite3.Connection, items: list[tuple[str, str, str | None, float]]
+    ) -> None:
+        """`log_decision` for a run of buffered decisions: two statements for all of them.
+
+        Same effect as `op` above for each in turn: a live entry is left as is; an expired
+        one is replaced (accumulators reset) and its marks go with it.
+        """
+        now = time.time()
+        conn.executemany(
+            "DELETE FROM marks WHERE query_id = ? AND EXISTS (SELECT 1 FROM queries"
+            " WHERE query_id = ? AND expires_at <= ?)",
+            [(qid, qid, now) for qid, _, _, _ in items],
+        )
+        conn.executemany(
+            "INSERT INTO queries (query_id, decision, session_id, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (query_id) DO UPDATE SET"
+            " decision = excluded.decision, session_id = excluded.session_id,"
+            " created_at = excluded.created_at, expires_at = excluded.expires_at,"
+            " quality_num = 0, quality_den = 0, weight = 0, cost_usd = NULL, latency_s = NULL"
+            " WHERE queries.expires_at <= excluded.created_at",
+            [(qid, text, sid, now, now + ttl_s) for qid, text, sid, ttl_s in items],
+        )
+        self._maybe_purge(conn, now, len(items))
 
     async def apply(
         self,

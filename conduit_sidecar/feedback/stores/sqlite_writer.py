@@ -14,10 +14,12 @@ batch was stored and every waiting caller gets `Unavailable`.
 
 Buffered operations (`post`) wake nobody: their caller returned once they were queued. The
 worker lets them wait up to `flush_interval_s` for company before committing, unless a waiting
-operation arrives, which flushes the whole queue at once. The queue is FIFO and reads go
-through it too, so a read queued after a buffered write sees it (read-your-writes). A buffered
-operation that fails is logged and counted in `lost`; while the store is failing (and before
-its first successful commit) `post` refuses, so callers wait and see the error themselves.
+operation arrives, which flushes the whole queue at once. Consecutive buffered items of the
+same kind run as ONE call (e.g. one `executemany`) in one savepoint: per statement, sqlite3
+releases and retakes the GIL, which the event loop thread contends for. The queue is FIFO and
+reads go through it too, so a read queued after a buffered write sees it (read-your-writes).
+A buffered operation that fails is logged and counted in `lost`; while the store is failing
+(and before its first successful commit) `post` refuses, so callers wait and see the error.
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ _Outcome = tuple["_Pending", bool, Any]
 
 @dataclass(slots=True)
 class _Pending:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[sqlite3.Connection], Any] | None  # None for a buffered (posted) item
     write: bool
-    loop: asyncio.AbstractEventLoop | None  # None (and no future) for a buffered operation
+    loop: asyncio.AbstractEventLoop | None  # None (and no future) for a buffered item
     future: asyncio.Future[Any] | None
     queued_at: float  # time.monotonic()
+    many: Callable[[sqlite3.Connection, list[Any]], None] | None = None  # writes posted items
+    item: Any = None
 
 
 class _BatchAborted(Exception):
@@ -108,13 +112,15 @@ class GroupCommitWriter:
         self._submit(_Pending(fn, write, loop, future, time.monotonic()))
         return await future
 
-    def post(self, fn: Callable[[sqlite3.Connection], object]) -> bool:
-        """Queue a write without waiting for it; False if it must be awaited with `call`
-        instead (the store is failing or not yet proven, or too much is already queued)."""
+    def post(self, many: Callable[[sqlite3.Connection, list[Any]], None], item: object) -> bool:
+        """Queue `item` to be written by `many(conn, [item, ...])` (with the items posted
+        next to it) without waiting; False if the caller must wait with `call` instead (the
+        store is failing or not yet proven, or too much is already queued)."""
         with self._cond:
             if not self._healthy or self._buffered >= self.max_buffered:
                 return False
-            self._submit_locked(_Pending(fn, True, None, None, time.monotonic()))
+            pending = _Pending(None, True, None, None, time.monotonic(), many, item)
+            self._submit_locked(pending)
         return True
 
     async def close(self) -> None:
@@ -196,8 +202,17 @@ class GroupCommitWriter:
             conn = self._conn
             if writes:
                 conn.execute("BEGIN IMMEDIATE")
-            for pending in batch:
-                outcomes.append(self._one(conn, pending, writes))
+            start = 0
+            while start < len(batch):
+                many = batch[start].many
+                end = start + 1
+                if many is None:
+                    outcomes.append(self._one(conn, batch[start], writes))
+                else:  # bound methods compare equal when they are the same method
+                    while end < len(batch) and batch[end].many == many:
+                        end += 1
+                    outcomes += self._many(conn, many, batch[start:end])
+                start = end
             if writes:
                 conn.execute("COMMIT")
                 self.commits += 1
@@ -219,7 +234,27 @@ class GroupCommitWriter:
         self.operations += len(batch)
         self._deliver(outcomes)
 
+    def _many(
+        self,
+        conn: sqlite3.Connection,
+        many: Callable[[sqlite3.Connection, list[Any]], None],
+        run: list[_Pending],
+    ) -> list[_Outcome]:
+        conn.execute("SAVEPOINT op")  # posted items are writes: always inside the transaction
+        try:
+            many(conn, [p.item for p in run])
+        except Exception as exc:  # the items' callers have returned: logged and counted
+            if not conn.in_transaction:
+                raise _BatchAborted from exc
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            error = self.unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+            return [(p, False, error) for p in run]
+        conn.execute("RELEASE op")
+        return [(p, True, None) for p in run]
+
     def _one(self, conn: sqlite3.Connection, pending: _Pending, in_tx: bool) -> _Outcome:
+        assert pending.fn is not None  # only posted items have none, and they go to _many
         if in_tx:
             conn.execute("SAVEPOINT op")
         try:
