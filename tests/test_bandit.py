@@ -432,8 +432,9 @@ def test_concurrent_calls_from_many_threads_lose_nothing(kind: PolicyKind) -> No
 
 def test_long_native_calls_release_the_gil() -> None:
     # A merge re-factorises every touched arm (O(d^3)); while it runs in one thread, another
-    # Python thread must keep running. If the GIL were held, the main loop below would stall
-    # for the whole call.
+    # Python thread must keep executing bytecode. With the GIL held, the main loop could not
+    # run a single iteration between the worker entering the call and leaving it, so the
+    # count below would stay near zero however fast or slow the machine is.
     dim = 700
     target = BanditPolicy(PolicyConfig(dim=dim), ["a", "b"])
     source = BanditPolicy(PolicyConfig(dim=dim), ["a", "b"])
@@ -441,27 +442,21 @@ def test_long_native_calls_release_the_gil() -> None:
     source.update("a", x, 0.5)
     source.update("b", x, 0.5)
     delta = source.take_delta()
+    entering = threading.Event()
     done = threading.Event()
-    span: list[float] = []
 
     def merge() -> None:
-        started = time.perf_counter()
+        entering.set()
         target.merge_delta(delta)
-        span.append(time.perf_counter() - started)
         done.set()
 
     worker = threading.Thread(target=merge)
-    last = time.perf_counter()
-    max_gap = 0.0
     worker.start()
+    entering.wait()
+    iterations = 0
     while not done.is_set():
-        now = time.perf_counter()
-        max_gap = max(max_gap, now - last)
-        last = now
-        time.sleep(0.001)  # leave the core to the merge; the gap check still sees a stall
+        iterations += 1
+        time.sleep(0)  # yield so the merge thread also gets the core on a one-core machine
     worker.join()
-    assert span and span[0] > 0.0
-    assert max_gap < max(0.5 * span[0], 0.1), (
-        f"main thread stalled {max_gap:.3f}s of {span[0]:.3f}s"
-    )
+    assert iterations >= 50, f"main thread ran only {iterations} iterations during the merge"
     assert target.arm_stats()["a"].updates == 1
