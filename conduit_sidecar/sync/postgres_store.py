@@ -41,6 +41,9 @@ _UNREACHABLE = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InterfaceError,
+    # A pooled connection broken by a server restart can raise this ("cannot switch to
+    # state ...; another operation is in progress"); the pool replaces it on release.
+    asyncpg.exceptions.InternalClientError,
 )
 _NAMESPACE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 

@@ -143,7 +143,15 @@ class PostgresFeedbackStore(FeedbackStore):
             return await fn()
         except ConduitError:
             raise
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            # A pooled connection broken by a server restart can surface as "cannot switch
+            # to state ...; another operation is in progress" (found by the restart test).
+            asyncpg.exceptions.InternalClientError,
+        ) as exc:
             raise Unavailable(
                 f"PostgreSQL feedback store unreachable at {self._safe_url()} ({what}): {exc}"
             ) from exc
@@ -220,7 +228,12 @@ class PostgresFeedbackStore(FeedbackStore):
                 f" LIMIT 10000 FOR UPDATE SKIP LOCKED)",
                 self.history_limit,
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,
+        ) as exc:
             logger.warning("PostgreSQL feedback store purge skipped: %s", exc)
 
     async def _create(self, conn: Any, decision: RoutingDecision, ttl_s: float) -> bool:
