@@ -77,6 +77,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
         response_deserializer=pb.RouteResponse.FromString,
     )
     echo_payload = _route_request(pb, random.Random(0)).SerializeToString()
+    list_models = pb.ListModelsRequest()
     thumbs = struct_pb2.Struct()
     thumbs.update({"value": "up"})
     latencies: dict[str, list[float]] = {}
@@ -99,6 +100,9 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             if args.workload == "proto":
                 await timed("Proto", proto(_route_request(pb, rng)))
+                continue
+            if args.workload == "list":  # diagnostic: the sidecar's cheapest method
+                await timed("ListModels", stub.ListModels(list_models))
                 continue
             decision = await timed("Route", stub.Route(_route_request(pb, rng)))
             if args.workload == "route":
@@ -299,7 +303,9 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command")
     load = sub.add_parser("load")
     load.add_argument("--target", required=True)
-    load.add_argument("--workload", choices=("echo", "proto", "route", "mix"), required=True)
+    load.add_argument(
+        "--workload", choices=("echo", "proto", "list", "route", "mix"), required=True
+    )
     load.add_argument("--concurrency", type=int, required=True)
     load.add_argument("--duration-s", type=float, required=True)
     load.add_argument("--warmup-s", type=float, default=0.5)

@@ -27,6 +27,7 @@ from grpc_health.v1 import health as _health
 from grpc_health.v1 import health_pb2 as _health_pb2
 from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as _reflection
+from grpc_reflection.v1alpha import reflection_pb2_grpc as _reflection_pb2_grpc
 
 from ._proto import conduit_pb2 as _pb
 from .app import SidecarApp
@@ -68,9 +69,32 @@ def configure_logging(json_logs: bool, level: str) -> None:
     root.setLevel(level.upper())
 
 
+class GenericHandlersOnly:
+    """The server as seen by grpc's generated `add_*_to_server` functions: their generic
+    handlers are added, their "registered method" handlers are not.
+
+    grpc.aio keeps one pending request-call future per registered method (plus one for all
+    generic methods) and `asyncio.wait`s on all of them for every incoming call, then re-arms
+    the one that fired. That is pure-Python asyncio work on the event loop per RPC, growing
+    with the number of registered methods: with the ConduitService's 7, health's 3 and
+    reflection's 1 it cost the sidecar about 78,000 instructions per Route, about 10% of
+    the whole call (callgrind, BENCHMARKS.md). Generic handlers serve the same methods with
+    the same handlers through one dict lookup, so nothing else changes.
+    """
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
+        """Deliberately nothing: the same handlers were given as generic ones."""
+
+
 def add_conduit_service(servicer: ConduitServicer, server: Any) -> None:
     """Registers every ConduitService method with lenient request deserializers (see
-    status.MalformedRequest); otherwise what the generated add_..._to_server does."""
+    status.MalformedRequest), as generic handlers only (see GenericHandlersOnly)."""
     service = _pb.DESCRIPTOR.services_by_name["ConduitService"]
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
@@ -81,7 +105,6 @@ def add_conduit_service(servicer: ConduitServicer, server: Any) -> None:
         for method in service.methods
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class SidecarServer:
@@ -124,9 +147,15 @@ class SidecarServer:
             on_reward=self.metrics.rewarded,
         )
         add_conduit_service(servicer, server)
-        _health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        _reflection.enable_server_reflection(
-            (SERVICE_NAME, _health.SERVICE_NAME, _reflection.SERVICE_NAME), server
+        generic_only = GenericHandlersOnly(server)
+        _health_pb2_grpc.add_HealthServicer_to_server(self.health, generic_only)
+        # What _reflection.enable_server_reflection does for a grpc.aio server, minus the
+        # registered-method handlers.
+        _reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            _reflection.aio.ReflectionServicer(
+                (SERVICE_NAME, _health.SERVICE_NAME, _reflection.SERVICE_NAME)
+            ),
+            generic_only,
         )
         return server
 
