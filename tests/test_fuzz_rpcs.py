@@ -226,6 +226,11 @@ def test_route_and_track(server: tuple[Sidecar, Any, dict[str, Any]], data: st.D
         retries=data.draw(st.integers(0, 2**32 - 1)),
     )
     for name in ("cost_usd", "latency_s", "ttl_s"):
+        # A tiny ttl_s on the baseline query would legitimately expire it and break the
+        # final check that feedback recorded before the fuzz is intact; every other id
+        # gets any ttl_s.
+        if name == "ttl_s" and track.query_id == baseline["query_id"]:
+            continue
         if data.draw(st.booleans()):
             setattr(track, name, data.draw(NUMBER))
     call(stub.Track, track)
