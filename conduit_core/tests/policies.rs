@@ -1,4 +1,4 @@
-//! Behaviour of each selection rule: deterministic ties, exact or well-estimated
+//! Behaviour of each selection rule: exact ties broken uniformly by the seeded stream, exact or well-estimated
 //! propensities, seeded reproducibility, and arm changes that leave other arms untouched.
 
 mod common;
@@ -23,17 +23,62 @@ fn frequencies(p: &mut Bandit, x: &[f64], n: usize) -> Vec<f64> {
 }
 
 #[test]
-fn linucb_ties_go_to_the_first_candidate_with_propensity_one() {
+fn exact_ties_are_broken_uniformly_with_propensity_one_over_ties() {
+    // Cold start: every arm has the same statistics, so every deterministic rule sees an
+    // exact tie; each tied arm must be chosen about equally often and logged with 1/ties.
+    for kind in [
+        PolicyKind::LinUcb,
+        PolicyKind::Ucb1,
+        PolicyKind::EpsilonGreedy,
+    ] {
+        let mut p = with(kind, 3, &["a", "b", "c"], |c| c.epsilon = 0.2);
+        let x = [1.0, 0.0, 0.0];
+        let freq = frequencies(&mut p, &x, 30_000);
+        assert!(
+            freq.iter().all(|f| (f - 1.0 / 3.0).abs() < 0.015),
+            "{kind:?}: {freq:?}"
+        );
+        for _ in 0..20 {
+            let sel = p.select(&x, None).unwrap();
+            assert!(
+                (sel.propensity - 1.0 / 3.0).abs() < 1e-12,
+                "{kind:?}: {sel:?}"
+            );
+            let sel = p.select(&x, Some(&["c", "b"])).unwrap();
+            assert!(["c", "b"].contains(&p.arm_name(sel.arm)));
+            assert_eq!(sel.scores.len(), 2);
+            assert!((sel.propensity - 0.5).abs() < 1e-12, "{kind:?}: {sel:?}");
+        }
+    }
     let mut p = policy(PolicyKind::LinUcb, 3, &["a", "b", "c"]);
     let sel = p.select(&[1.0, 0.0, 0.0], None).unwrap();
-    assert_eq!((sel.arm, sel.propensity), (0, 1.0));
-    let sel = p.select(&[1.0, 0.0, 0.0], Some(&["c", "b"])).unwrap();
-    assert_eq!(p.arm_name(sel.arm), "c");
-    assert_eq!(sel.scores.len(), 2);
     assert!(
         (sel.uncertainty - 1.0).abs() < 1e-12,
         "sqrt(x^T (I)^-1 x) = 1"
     );
+    // Two arms still tied at the top after the third was shown to be worse.
+    p.update("c", &[1.0, 0.0, 0.0], 0.0, 1.0).unwrap();
+    let freq = frequencies(&mut p, &[1.0, 0.0, 0.0], 20_000);
+    assert!(freq[2] == 0.0 && (freq[0] - 0.5).abs() < 0.02, "{freq:?}");
+    assert_eq!(p.select(&[1.0, 0.0, 0.0], None).unwrap().propensity, 0.5);
+    // No tie: the argmax with propensity exactly 1.
+    p.update("a", &[1.0, 0.0, 0.0], 1.0, 1.0).unwrap();
+    let sel = p.select(&[1.0, 0.0, 0.0], None).unwrap();
+    assert_eq!((p.arm_name(sel.arm), sel.propensity), ("a", 1.0));
+}
+
+#[test]
+fn tie_breaking_is_reproducible_for_a_seed() {
+    let run = |seed: u64| {
+        let mut p = with(PolicyKind::LinUcb, 2, &["a", "b", "c", "d", "e"], |c| {
+            c.seed = seed
+        });
+        (0..40)
+            .map(|_| p.select(&[1.0, 0.0], None).unwrap().arm)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(3), run(3));
+    assert_ne!(run(3), run(4));
 }
 
 #[test]
@@ -98,6 +143,8 @@ fn thompson_propensities_estimate_the_choice_frequencies() {
 #[test]
 fn same_seed_same_choices_other_seed_other_choices() {
     for kind in [
+        PolicyKind::LinUcb,
+        PolicyKind::Ucb1,
         PolicyKind::LinTs,
         PolicyKind::BetaTs,
         PolicyKind::EpsilonGreedy,

@@ -1,9 +1,10 @@
 //! ε-greedy: with probability ε a uniformly random candidate, otherwise the best smoothed
-//! mean. The propensity is exact: (1 − ε)·[greedy] + ε/K.
+//! mean, exact ties among the best broken uniformly. The propensity is exact:
+//! (1 − ε)·[arm among the m tied best]/m + ε/K.
 
 use rand::Rng;
 
-use super::{argmax, smoothed_mean, Ctx};
+use super::{argmax, count_ties, nth_tie, smoothed_mean, Ctx};
 use crate::policy::Selection;
 
 pub(crate) fn select(ctx: &mut Ctx<'_>) -> Selection {
@@ -13,17 +14,20 @@ pub(crate) fn select(ctx: &mut Ctx<'_>) -> Selection {
         .iter()
         .map(|&i| smoothed_mean(&ctx.arms[i]))
         .collect();
-    let greedy = argmax(&scores);
     let n = scores.len();
+    let best = argmax(&scores);
+    let ties = count_ties(&scores, best);
     let explore = ctx.rng.random::<f64>() < eps;
     let pos = if explore {
         ctx.rng.random_range(0..n)
+    } else if ties == 1 {
+        best
     } else {
-        greedy
+        nth_tie(&scores, best, ctx.rng.random_range(0..ties))
     };
     let uniform = eps / n as f64;
-    let propensity = if pos == greedy {
-        1.0 - eps + uniform
+    let propensity = if scores[pos] == scores[best] {
+        (1.0 - eps) / ties as f64 + uniform
     } else {
         uniform
     };

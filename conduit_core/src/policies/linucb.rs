@@ -1,6 +1,7 @@
-//! Disjoint LinUCB: score = θᵀx + α·sqrt(xᵀA⁻¹x); deterministic argmax.
+//! Disjoint LinUCB: score = θᵀx + α·sqrt(xᵀA⁻¹x); argmax, exact ties broken uniformly by the
+//! seeded stream (propensity 1/ties).
 
-use super::{argmax, Ctx};
+use super::{argmax_random_tie, Ctx};
 use crate::policy::Selection;
 
 pub(crate) fn select(ctx: &mut Ctx<'_>) -> Selection {
@@ -11,6 +12,6 @@ pub(crate) fn select(ctx: &mut Ctx<'_>) -> Selection {
         .zip(&widths)
         .map(|(m, w)| m + alpha * w)
         .collect();
-    let pos = argmax(&scores);
-    ctx.choose(pos, &scores, 1.0, widths[pos])
+    let (pos, ties) = argmax_random_tie(&scores, ctx.rng);
+    ctx.choose(pos, &scores, 1.0 / ties as f64, widths[pos])
 }

@@ -1,5 +1,5 @@
 //! The selection rules, one file each, and what they share: the candidate set, the
-//! deterministic argmax and the Monte-Carlo propensity estimate.
+//! argmax (exact ties broken by the seeded stream) and the Monte-Carlo propensity estimate.
 
 mod beta_ts;
 mod epsilon_greedy;
@@ -9,6 +9,7 @@ mod linucb;
 mod random;
 mod ucb1;
 
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::arm::Arm;
@@ -73,8 +74,8 @@ impl Ctx<'_> {
     }
 }
 
-/// Position of the largest score; ties go to the earliest candidate, so the choice (and a
-/// propensity of exactly 1) is deterministic.
+/// Position of the largest score; ties go to the earliest candidate. Used where exact ties
+/// have probability zero (Thompson draws), so no random number is spent on them.
 pub(crate) fn argmax(scores: &[f64]) -> usize {
     let mut best = 0;
     for (i, s) in scores.iter().enumerate().skip(1) {
@@ -83,6 +84,36 @@ pub(crate) fn argmax(scores: &[f64]) -> usize {
         }
     }
     best
+}
+
+/// Number of positions whose score equals the largest one exactly.
+pub(crate) fn count_ties(scores: &[f64], best: usize) -> usize {
+    let top = scores[best];
+    scores.iter().filter(|s| **s == top).count()
+}
+
+/// The `k`-th (0-based) position whose score equals `scores[best]`.
+pub(crate) fn nth_tie(scores: &[f64], best: usize, k: usize) -> usize {
+    let top = scores[best];
+    scores
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == top)
+        .nth(k)
+        .map_or(best, |(i, _)| i)
+}
+
+/// Position of the largest score for a deterministic rule, with exact ties (every arm at a
+/// cold start, arms never updated) broken uniformly by the policy's seeded stream, and the
+/// number of tied positions: the honest logging propensity of the choice is 1/ties. A random
+/// number is drawn only when there is a tie, so tie-free decisions consume none.
+pub(crate) fn argmax_random_tie(scores: &[f64], rng: &mut ChaCha8Rng) -> (usize, usize) {
+    let best = argmax(scores);
+    let ties = count_ties(scores, best);
+    if ties == 1 {
+        return (best, 1);
+    }
+    (nth_tie(scores, best, rng.random_range(0..ties)), ties)
 }
 
 /// Seeded Monte-Carlo estimate of the probability that a fresh draw of every candidate's

@@ -1,8 +1,9 @@
 //! UCB1 on weighted sums: score = mean + α·sqrt(2·ln(N + 2) / (n + 1)), where n is the arm's
 //! Σw, N the candidates' total Σw, and the +1/+2 are one pseudo-observation per arm so a
-//! fresh arm has a large but finite score.
+//! fresh arm has a large but finite score. Exact ties (e.g. every arm unseen) are broken
+//! uniformly by the seeded stream, propensity 1/ties.
 
-use super::{argmax, smoothed_mean, Ctx};
+use super::{argmax_random_tie, smoothed_mean, Ctx};
 use crate::policy::Selection;
 
 pub(crate) fn select(ctx: &mut Ctx<'_>) -> Selection {
@@ -21,6 +22,6 @@ pub(crate) fn select(ctx: &mut Ctx<'_>) -> Selection {
         scores.push(smoothed_mean(arm) + alpha * bonus);
         bonuses.push(bonus);
     }
-    let pos = argmax(&scores);
-    ctx.choose(pos, &scores, 1.0, bonuses[pos])
+    let (pos, ties) = argmax_random_tie(&scores, ctx.rng);
+    ctx.choose(pos, &scores, 1.0 / ties as f64, bonuses[pos])
 }
