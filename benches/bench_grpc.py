@@ -11,6 +11,8 @@ and 32, over loopback:
   constant RouteResponse, i.e. echo plus protobuf on both sides;
 - route: the sidecar's Route alone;
 - mix: 1 Route : 1 Track : 0.3 RecordFeedback per worker iteration (each RPC counted).
+(`bench_grpc.py load --workload list` drives ListModels, the sidecar's cheapest method: a
+diagnostic for profiling, e.g. under py-spy or callgrind, not part of the run.)
 Route and mix run on the in-memory store and on the embedded SQLite default.
 
 Targets (PASS/FAIL printed, never asserted in tests): Route >= 80% of echo throughput at every
