@@ -30,6 +30,7 @@ class Policy:
         mc_samples: int = 200,
         seed: int = 0,
         fixed_arm: str | None = None,
+        reward_offset: float = 0.0,
     ) -> Policy: ...
     def select(
         self, features: NDArray[np.float64], allowed: Sequence[str] | None = None

@@ -51,6 +51,10 @@ class PolicyConfig:
     mc_samples: int = 200  # Monte-Carlo draws for Thompson propensities
     seed: int = 0
     fixed_arm: str | None = None  # for kind="fixed"
+    # Linear policies: prior mean of the reward. They model r - reward_offset and score
+    # reward_offset + theta.x (+ width), so an untried arm is expected to earn the offset
+    # instead of 0; theta() is the coefficient vector of the centred reward. 0 = textbook.
+    reward_offset: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +159,7 @@ class BanditPolicy:
             "prior_alpha",
             "prior_beta",
             "discount",
+            "reward_offset",
         ):
             kwargs[name] = _number(kwargs[name], name)
         self._policy = _core.Policy(kind, dim, _arm_names(arms, "arms"), **kwargs)

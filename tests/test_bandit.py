@@ -44,18 +44,21 @@ class ReferenceLinUCB:
     """Disjoint LinUCB the textbook way: A = ridge*I + sum w x x^T, b = sum w r x, theta
     solved from A directly (no Sherman-Morrison), so it shares no shortcut with the core."""
 
-    def __init__(self, arms: Sequence[str], dim: int, alpha: float, ridge: float) -> None:
+    def __init__(
+        self, arms: Sequence[str], dim: int, alpha: float, ridge: float, offset: float = 0.0
+    ) -> None:
         self.alpha = alpha
+        self.offset = offset  # prior mean of the reward: the model is r - offset
         self.A = {a: ridge * np.eye(dim) for a in arms}
         self.b = {a: np.zeros(dim) for a in arms}
 
     def update(self, arm: str, x: F64, reward: float, weight: float) -> None:
         self.A[arm] += weight * np.outer(x, x)
-        self.b[arm] += weight * reward * x
+        self.b[arm] += weight * (reward - self.offset) * x
 
     def reapply(self, arm: str, x: F64, r0: float, w0: float, r1: float, w1: float) -> None:
         self.A[arm] += (w1 - w0) * np.outer(x, x)
-        self.b[arm] += (w1 * r1 - w0 * r0) * x
+        self.b[arm] += (w1 * (r1 - self.offset) - w0 * (r0 - self.offset)) * x
 
     def theta(self, arm: str) -> F64:
         theta: F64 = np.asarray(np.linalg.solve(self.A[arm], self.b[arm]), dtype=np.float64)
@@ -65,7 +68,7 @@ class ReferenceLinUCB:
         out = {}
         for a in arms:
             width = float(np.sqrt(x @ np.linalg.solve(self.A[a], x)))
-            out[a] = float(self.theta(a) @ x) + self.alpha * width
+            out[a] = self.offset + float(self.theta(a) @ x) + self.alpha * width
         return out
 
     def best(self, x: F64, arms: Sequence[str]) -> list[str]:
@@ -122,6 +125,40 @@ def test_linucb_matches_the_numpy_reference() -> None:
         theta = policy.theta(a)
         assert theta is not None
         np.testing.assert_allclose(theta, ref.theta(a), rtol=1e-9, atol=1e-9)
+
+
+def test_reward_offset_matches_the_reference() -> None:
+    dim, arms, offset = 6, ["a", "b", "c"], 0.5
+    policy = BanditPolicy(PolicyConfig(dim=dim, alpha=0.3, reward_offset=offset), arms)
+    ref = ReferenceLinUCB(arms, dim, alpha=0.3, ridge=1.0, offset=offset)
+    rng = np.random.default_rng(8)
+    x = unit(rng, dim)
+    # Untried arms are expected to earn the offset, not 0.
+    assert policy.select(x).scores == pytest.approx(dict.fromkeys(arms, offset + 0.3))
+    history = []
+    for _ in range(200):
+        x = unit(rng, dim)
+        sel = policy.select(x)
+        assert sel.arm in ref.best(x, arms)
+        want = ref.scores(x, arms)
+        for a in arms:
+            assert sel.scores[a] == pytest.approx(want[a], rel=1e-9, abs=1e-9)
+        r, w = float(rng.uniform(0.3, 1.0)), float(rng.uniform(0.2, 1.0))
+        policy.update(sel.arm, x, r, w)
+        ref.update(sel.arm, x, r, w)
+        history.append((sel.arm, x, r, w))
+    for arm, x, r, w in history[::3]:  # net deltas, including downdates
+        r2, w2 = float(rng.uniform()), float(rng.uniform())
+        policy.reapply(arm, x, r, w, r2, w2)
+        ref.reapply(arm, x, r, w, r2, w2)
+    for a in arms:
+        np.testing.assert_allclose(policy.theta(a), ref.theta(a), rtol=1e-9, atol=1e-9)  # type: ignore[arg-type]
+    restored = BanditPolicy.from_bytes(policy.to_bytes())
+    assert restored.config.reward_offset == offset
+    other = BanditPolicy(PolicyConfig(dim=dim), arms)
+    other.update("a", x, 0.5)
+    with pytest.raises(CoreError, match="reward_offset"):
+        policy.merge_delta(other.take_delta())
 
 
 def test_net_delta_reapply_matches_the_reference() -> None:
@@ -358,6 +395,10 @@ BAD_CONFIGS: list[tuple[dict[str, Any], str]] = [
     ({"prior_beta": -1.0}, "prior_beta"),
     ({"discount": 0.0}, "discount"),
     ({"discount": 1.5}, "discount"),
+    ({"reward_offset": float("nan")}, "reward_offset"),
+    ({"reward_offset": 1.5}, "reward_offset"),
+    ({"reward_offset": -0.1}, "reward_offset"),
+    ({"reward_offset": "0.5"}, "reward_offset"),
     ({"refactor_every": 0}, "refactor_every"),
     ({"refactor_every": -5}, "refactor_every"),
     ({"mc_samples": 0}, "mc_samples"),

@@ -19,6 +19,9 @@ use crate::policy::{ArmStats, PolicyConfig, Selection};
 /// touched. A `reapply` that replaces an existing observation (`old_weight > 0`) is not a new
 /// observation and does not discount. Deltas exchanged between replicas carry undiscounted
 /// sums: a merged delta is added as it is and then decays with the receiver's later updates.
+///
+/// Linear arms keep `b = Σ w·(r − reward_offset)·x` (the scalar sums keep the raw rewards),
+/// so `θ` is the coefficient vector of the centred reward.
 #[derive(Debug, Clone)]
 pub struct Bandit {
     pub(crate) config: PolicyConfig,
@@ -277,6 +280,9 @@ impl Bandit {
 
     fn apply(&mut self, i: usize, x: &[f64], dw: f64, c: f64, new_obs: u64, discount: bool) {
         let refactor_every = self.config.refactor_every;
+        // Linear arms model r − offset: Σ(w'r' − wr)·x − offset·Σ(w' − w)·x. Exact for
+        // updates and net deltas alike, since both are linear in (dw, c).
+        let c_linear = c - self.config.reward_offset * dw;
         let arm = &mut self.arms[i];
         if discount {
             arm.discount(self.config.discount);
@@ -284,7 +290,7 @@ impl Bandit {
         arm.sums.add(dw, c, new_obs);
         arm.delta.add(dw, c, new_obs);
         if let Some(lin) = &mut arm.linear {
-            lin.apply(x, dw, c, refactor_every, &mut self.scratch);
+            lin.apply(x, dw, c_linear, refactor_every, &mut self.scratch);
         }
         self.version += 1;
     }

@@ -1,13 +1,14 @@
 //! Additive deltas exchanged between replicas (`take_delta` / `merge_delta`).
 //!
 //! A delta holds, per arm touched since the last take, the sums it applied locally:
-//! `Σ dw·x·xᵀ` (packed) and `Σ c·x` for linear policies, `Σ dw`, `Σ c` and the count of new
+//! `Σ dw·x·xᵀ` (packed) and `Σ (c − offset·dw)·x` for linear policies, `Σ dw`, `Σ c` and the count of new
 //! observations for all. Adding a delta to another replica gives that replica the statistics
 //! of one process that saw both streams. Merged deltas are not recorded in the receiver's own
 //! delta, so they are never sent back (no echo). With `discount < 1` the sums are
 //! undiscounted; see [`Bandit`] for how they then decay.
 //!
-//! Layout (little-endian): magic `CNDTDLTA`, format u16, linear flag u8, dim u64, arm count
+//! Layout (little-endian): magic `CNDTDLTA`, format u16, linear flag u8, dim u64, reward
+//! offset f64 (format 2; linear deltas must match the receiver's), arm count
 //! u32, per arm: name, `Σ dw`, `Σ c`, count, then for linear deltas the packed matrix and
 //! the vector; a CRC-32 of all of it.
 
@@ -18,7 +19,8 @@ use crate::error::{CoreError, CoreResult};
 use crate::kernels::packed_len;
 
 const MAGIC: &[u8; 8] = b"CNDTDLTA";
-const FORMAT_VERSION: u16 = 1;
+/// Version 2 added `reward_offset` after `dim`; version 1 deltas are read as offset 0.
+const FORMAT_VERSION: u16 = 2;
 
 struct ArmDelta {
     name: String,
@@ -36,6 +38,7 @@ impl Bandit {
         w.u16(FORMAT_VERSION);
         w.u8(u8::from(linear));
         w.u64(dim as u64);
+        w.f64(self.config.reward_offset);
         let touched: Vec<usize> = (0..self.arms.len())
             .filter(|&i| {
                 let d = &self.arms[i].delta;
@@ -62,7 +65,7 @@ impl Bandit {
     fn parse_delta(&self, data: &[u8]) -> CoreResult<Vec<ArmDelta>> {
         let mut r = Reader::open(data, MAGIC, "delta")?;
         let format = r.u16()?;
-        if format != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&format) {
             return Err(CoreError::corrupt(
                 "delta",
                 format!("format version {format} is not supported"),
@@ -95,6 +98,22 @@ impl Bandit {
                 format!(
                     "dimension {dim} does not match this policy's dimension {}",
                     self.config.dim
+                ),
+            ));
+        }
+        let offset = if format >= 2 {
+            r.f64("reward_offset")?
+        } else {
+            0.0
+        };
+        // A linear delta's `Σ c·x` is centred on the sender's offset; adding it to statistics
+        // centred on another offset would silently bias every θ.
+        if linear && offset != self.config.reward_offset {
+            return Err(CoreError::invalid(
+                "delta",
+                format!(
+                    "reward_offset {offset} does not match this policy's reward_offset {}",
+                    self.config.reward_offset
                 ),
             ));
         }

@@ -98,6 +98,10 @@ pub struct PolicyConfig {
     pub mc_samples: u32,
     pub seed: u64,
     pub fixed_arm: Option<String>,
+    /// Prior mean of the reward for the linear policies: they model `r − reward_offset`
+    /// (`b = Σ w·(r − offset)·x`) and score `offset + θᵀx (+ width)`, so an untried arm is
+    /// expected to earn `offset` instead of 0. 0 is textbook LinUCB.
+    pub reward_offset: f64,
 }
 
 impl PolicyConfig {
@@ -117,6 +121,7 @@ impl PolicyConfig {
             mc_samples: 200,
             seed: 0,
             fixed_arm: None,
+            reward_offset: 0.0,
         }
     }
 
@@ -175,6 +180,12 @@ impl PolicyConfig {
             return Err(CoreError::invalid(
                 "discount",
                 format!("must be in (0, 1], got {}", self.discount),
+            ));
+        }
+        if !(self.reward_offset.is_finite() && (0.0..=1.0).contains(&self.reward_offset)) {
+            return Err(CoreError::invalid(
+                "reward_offset",
+                format!("must be in [0, 1], got {}", self.reward_offset),
             ));
         }
         if self.refactor_every == 0 {

@@ -1,7 +1,7 @@
 //! Versioned binary snapshot of a whole policy (`to_bytes` / `from_bytes`).
 //!
 //! Layout (little-endian): magic `CNDTSNAP`, format version u16, kind u8, the config, the
-//! policy version, the random stream's position, the arms (name, sums, pending delta sums,
+//! policy version (format 2: the config ends with `reward_offset`), the random stream's position, the arms (name, sums, pending delta sums,
 //! then for linear arms `A`, `A⁻¹` packed, `b`, `θ`, the lazy scale, the re-factorisation
 //! counter and the pending delta's base matrix and vector), and a CRC-32 of all of it. Loading checks the
 //! checksum and every dimension before building anything, so a snapshot is never half-loaded.
@@ -18,8 +18,9 @@ use crate::linear::{LinearStats, PENDING};
 use crate::policy::{PolicyConfig, PolicyKind};
 
 const MAGIC: &[u8; 8] = b"CNDTSNAP";
-/// Bumped on any layout change; older readers refuse newer snapshots.
-pub const FORMAT_VERSION: u16 = 1;
+/// Bumped on any layout change; older readers refuse newer snapshots. Version 2 added
+/// `reward_offset` after `fixed_arm`; version 1 snapshots still load (offset 0).
+pub const FORMAT_VERSION: u16 = 2;
 
 fn write_sums(w: &mut Writer, s: &ScalarSums) {
     w.f64(s.weight_sum);
@@ -73,6 +74,7 @@ impl Bandit {
             }
             None => w.u8(0),
         }
+        w.f64(c.reward_offset);
         w.u64(self.version);
         w.bytes(&self.rng.get_seed());
         w.u64(self.rng.get_stream());
@@ -107,7 +109,7 @@ impl Bandit {
     pub fn from_bytes(data: &[u8]) -> CoreResult<Bandit> {
         let mut r = Reader::open(data, MAGIC, "snapshot")?;
         let format = r.u16()?;
-        if format != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&format) {
             return Err(CoreError::corrupt(
                 "snapshot",
                 format!(
@@ -136,6 +138,9 @@ impl Bandit {
             1 => Some(r.str("fixed_arm")?),
             _ => return Err(CoreError::corrupt("fixed_arm", "bad flag")),
         };
+        if format >= 2 {
+            config.reward_offset = r.f64("reward_offset")?;
+        }
         config
             .validate()
             .map_err(|e| CoreError::corrupt("snapshot", format!("invalid config: {e}")))?;

@@ -90,6 +90,9 @@ fn bad_configs_name_their_field() {
         (Box::new(|c| c.discount = 0.0), "discount"),
         (Box::new(|c| c.discount = 1.1), "discount"),
         (Box::new(|c| c.refactor_every = 0), "refactor_every"),
+        (Box::new(|c| c.reward_offset = f64::NAN), "reward_offset"),
+        (Box::new(|c| c.reward_offset = -0.1), "reward_offset"),
+        (Box::new(|c| c.reward_offset = 1.5), "reward_offset"),
         (Box::new(|c| c.mc_samples = 0), "mc_samples"),
         (Box::new(|c| c.kind = PolicyKind::Fixed), "fixed_arm"),
     ];

@@ -61,12 +61,17 @@ proptest! {
     }
 
     #[test]
-    fn reapply_equals_recomputing_from_scratch(seed in 1u64..u64::MAX) {
+    fn reapply_equals_recomputing_from_scratch(seed in 1u64..u64::MAX, offset in 0.0f64..=1.0) {
         let dim = 6;
         let mut s = Stream(seed);
         let n = 200;
         let obs: Vec<(Vec<f64>, f64, f64)> =
             (0..n).map(|_| (s.vector(dim), s.next_f64(), s.next_f64())).collect();
+        let policy = |kind, dim, arms: &[&str]| {
+            let mut cfg = PolicyConfig::new(kind, dim);
+            cfg.reward_offset = offset;
+            Bandit::new(cfg, arms).unwrap()
+        };
         let mut incremental = policy(PolicyKind::LinUcb, dim, &["m"]);
         let mut finals = obs.clone();
         for (x, r, w) in &obs {
@@ -105,18 +110,45 @@ proptest! {
 
 #[test]
 fn theta_matches_the_normal_equations() {
-    let dim = 5;
-    let mut p = policy(PolicyKind::LinUcb, dim, &["m"]);
-    let mut s = Stream(7);
-    for _ in 0..500 {
+    for offset in [0.0, 0.6] {
+        let dim = 5;
+        let mut cfg = PolicyConfig::new(PolicyKind::LinUcb, dim);
+        cfg.reward_offset = offset;
+        cfg.alpha = 0.8;
+        let mut p = Bandit::new(cfg, &["m", "untried"]).unwrap();
+        let mut s = Stream(7);
+        // b is built here independently: Σ w·(r − offset)·x.
+        let mut b_want = vec![0.0; dim];
+        for _ in 0..500 {
+            let x = s.vector(dim);
+            let (r, w) = (s.next_f64(), s.next_f64());
+            p.update("m", &x, r, w).unwrap();
+            for (bi, xi) in b_want.iter_mut().zip(&x) {
+                *bi += w * (r - offset) * xi;
+            }
+        }
+        let (a, a_inv, b, theta) = linear_state(&mut p, "m");
+        assert!(max_rel_diff(&b, &b_want) < 1e-12, "offset {offset}");
+        let full = unpack(&a, dim);
+        for i in 0..dim {
+            let at: f64 = (0..dim).map(|j| full[i][j] * theta[j]).sum();
+            assert!((at - b[i]).abs() < 1e-9 * b[i].abs().max(1.0));
+        }
+        // score = offset + θᵀx + α·sqrt(xᵀA⁻¹x); an untried arm scores offset + α·|x|.
         let x = s.vector(dim);
-        p.update("m", &x, s.next_f64(), s.next_f64()).unwrap();
-    }
-    let (a, _, b, theta) = linear_state(&mut p, "m");
-    let full = unpack(&a, dim);
-    for i in 0..dim {
-        let at: f64 = (0..dim).map(|j| full[i][j] * theta[j]).sum();
-        assert!((at - b[i]).abs() < 1e-9 * b[i].abs().max(1.0));
+        let sel = p.select(&x, None).unwrap();
+        let inv = unpack(&a_inv, dim);
+        let width: f64 = (0..dim)
+            .map(|i| x[i] * (0..dim).map(|j| inv[i][j] * x[j]).sum::<f64>())
+            .sum::<f64>()
+            .sqrt();
+        let mean: f64 = theta.iter().zip(&x).map(|(t, v)| t * v).sum();
+        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        assert!((sel.scores[0].1 - (offset + mean + 0.8 * width)).abs() < 1e-9);
+        assert!((sel.scores[1].1 - (offset + 0.8 * norm)).abs() < 1e-12);
+        // The scalar sums keep the raw rewards.
+        let stats = p.arm_stats()[0].1;
+        assert!(stats.reward_sum > 0.0 && stats.reward_sum <= stats.weight_sum);
     }
 }
 

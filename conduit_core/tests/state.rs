@@ -28,6 +28,7 @@ proptest! {
         cfg.seed = seed;
         cfg.fixed_arm = Some("b".into());
         cfg.refactor_every = 37;
+        cfg.reward_offset = 0.25;
         let mut p = Bandit::new(cfg, &["a", "b", "c"]).unwrap();
         let mut s = Stream(seed);
         feed(&mut p, &["a", "b", "c"], &mut s, n, dim);
@@ -129,6 +130,83 @@ fn delta_of_another_dimension_or_family_is_refused_without_change() {
         "a snapshot is not a delta"
     );
     assert_eq!(p.to_bytes(), before);
+}
+
+#[test]
+fn merge_with_a_reward_offset_equals_one_process_and_offsets_must_match() {
+    let dim = 4;
+    let make = |offset: f64| {
+        let mut cfg = PolicyConfig::new(PolicyKind::LinUcb, dim);
+        cfg.reward_offset = offset;
+        Bandit::new(cfg, &["a", "b"]).unwrap()
+    };
+    let (mut left, mut right, mut one) = (make(0.5), make(0.5), make(0.5));
+    let (mut s1, mut s2) = (Stream(31), Stream(77));
+    let (mut t1, mut t2) = (Stream(31), Stream(77));
+    feed(&mut left, &["a", "b"], &mut s1, 80, dim);
+    feed(&mut right, &["a", "b"], &mut s2, 90, dim);
+    feed(&mut one, &["a", "b"], &mut t1, 80, dim);
+    feed(&mut one, &["a", "b"], &mut t2, 90, dim);
+    left.merge_delta(&right.take_delta()).unwrap();
+    for arm in ["a", "b"] {
+        let (a1, _, b1, th1) = linear_state(&mut left, arm);
+        let (a2, _, b2, th2) = linear_state(&mut one, arm);
+        assert!(max_rel_diff(&a1, &a2) < 1e-12);
+        assert!(max_rel_diff(&b1, &b2) < 1e-12);
+        assert!(max_rel_diff(&th1, &th2) < 1e-9);
+    }
+    // A delta centred on another offset is refused, naming both, and changes nothing.
+    let mut other = make(0.0);
+    feed(&mut other, &["a"], &mut s1, 5, dim);
+    let before = left.to_bytes();
+    let err = left
+        .merge_delta(&other.take_delta())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("delta") && err.contains("reward_offset 0"),
+        "{err}"
+    );
+    assert_eq!(left.to_bytes(), before);
+}
+
+#[test]
+fn format_1_snapshots_and_deltas_still_load_with_offset_zero() {
+    // Format 1 had no reward_offset; rebuild such bytes from today's by dropping the field.
+    let reseal = |mut body: Vec<u8>| {
+        let crc = crc32(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        body
+    };
+    let mut p = policy(PolicyKind::LinUcb, 3, &["a", "b"]);
+    let mut s = Stream(5);
+    feed(&mut p, &["a", "b"], &mut s, 30, 3);
+    let v2 = p.to_bytes();
+    // magic 8, format 2, kind 1, dim 8, seven f64 56, refactor_every 8, mc_samples 4,
+    // seed 8, fixed_arm flag 1 (None): the offset follows at byte 96.
+    let mut body = v2[..v2.len() - 4].to_vec();
+    assert_eq!(body[95], 0);
+    body.drain(96..104);
+    body[8] = 1;
+    let mut q = Bandit::from_bytes(&reseal(body)).unwrap();
+    assert_eq!(q.config().reward_offset, 0.0);
+    assert_eq!(q.to_bytes(), v2);
+
+    let delta = p.take_delta();
+    // magic 8, format 2, linear flag 1, dim 8: the offset follows at byte 19.
+    let mut body = delta[..delta.len() - 4].to_vec();
+    body.drain(19..27);
+    body[8] = 1;
+    let mut from_v2 = policy(PolicyKind::LinUcb, 3, &["a", "b"]);
+    from_v2.merge_delta(&delta).unwrap();
+    let mut from_v1 = policy(PolicyKind::LinUcb, 3, &["a", "b"]);
+    from_v1.merge_delta(&reseal(body)).unwrap();
+    for arm in ["a", "b"] {
+        assert_eq!(
+            linear_state(&mut from_v1, arm),
+            linear_state(&mut from_v2, arm)
+        );
+    }
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// `(θᵀx, sqrt(xᵀA⁻¹x))` of every candidate of a linear policy.
+    /// `(offset + θᵀx, sqrt(xᵀA⁻¹x))` of every candidate of a linear policy.
     pub fn linear_parts(&mut self) -> (Vec<f64>, Vec<f64>) {
         let n = self.cand.len();
         let (mut means, mut widths) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -41,7 +41,7 @@ impl Ctx<'_> {
                 .linear
                 .as_ref()
                 .expect("linear policy has linear arms");
-            means.push(lin.mean(self.x));
+            means.push(self.cfg.reward_offset + lin.mean(self.x));
             let w2 = if flat {
                 lin.width_sq_from_outer(self.scratch)
             } else {

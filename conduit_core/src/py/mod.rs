@@ -69,7 +69,7 @@ impl PyPolicy {
     #[new]
     #[pyo3(signature = (kind, dim, arms, *, alpha=1.0, ridge=1.0, epsilon=0.1, ts_scale=0.5,
         prior_alpha=1.0, prior_beta=1.0, discount=1.0, refactor_every=1000, mc_samples=200,
-        seed=0, fixed_arm=None))]
+        seed=0, fixed_arm=None, reward_offset=0.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         kind: &str,
@@ -86,6 +86,7 @@ impl PyPolicy {
         mc_samples: i64,
         seed: u64,
         fixed_arm: Option<String>,
+        reward_offset: f64,
     ) -> PyResult<Self> {
         let kind = PolicyKind::parse(kind)?;
         let dim = usize::try_from(dim)
@@ -112,6 +113,7 @@ impl PyPolicy {
         })?;
         config.seed = seed;
         config.fixed_arm = fixed_arm;
+        config.reward_offset = reward_offset;
         let names: Vec<&str> = arms.iter().map(String::as_str).collect();
         Ok(PyPolicy {
             inner: Mutex::new(Bandit::new(config, &names)?),
@@ -265,6 +267,7 @@ impl PyPolicy {
         d.set_item("mc_samples", c.mc_samples)?;
         d.set_item("seed", c.seed)?;
         d.set_item("fixed_arm", c.fixed_arm)?;
+        d.set_item("reward_offset", c.reward_offset)?;
         Ok(d)
     }
 }
