@@ -159,7 +159,11 @@ class Router:
             )
         fixed_arm = first_model if policy == "fixed" else None
         return PolicyConfig(
-            kind=cast(PolicyKind, policy), dim=feature_dim, seed=seed, fixed_arm=fixed_arm
+            kind=cast(PolicyKind, policy),
+            dim=feature_dim,
+            seed=seed,
+            fixed_arm=fixed_arm,
+            reward_offset=0.5,  # prior mean of a reward in [0, 1] (BENCHMARKS.md, learning)
         )
 
     # ----------------------------------------------------------------- catalogue
