@@ -40,8 +40,14 @@ def build_store(config: SidecarConfig) -> FeedbackStore:
         synchronous: Literal["FULL", "NORMAL"] = (
             "NORMAL" if config.sqlite_synchronous == "NORMAL" else "FULL"
         )
+        durability: Literal["buffered", "commit"] = (
+            "commit" if config.sqlite_decision_durability == "commit" else "buffered"
+        )
         return SqliteFeedbackStore(
-            str(sqlite_path(config.store_url)), ttl_seconds=config.ttl_s, synchronous=synchronous
+            str(sqlite_path(config.store_url)),
+            ttl_seconds=config.ttl_s,
+            synchronous=synchronous,
+            decision_durability=durability,
         )
     if scheme in ("redis", "rediss"):
         from redis.asyncio import Redis

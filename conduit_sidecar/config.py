@@ -48,6 +48,9 @@ class SidecarConfig:
     # SQLite durability: FULL fsyncs every commit (survives power loss); NORMAL (WAL) survives
     # process crashes and SIGKILL but may lose the last commits on an OS crash; faster.
     sqlite_synchronous: str = "FULL"
+    # Route's decision log on SQLite: "buffered" answers before the group commit (a crash may
+    # lose the last ~5 ms of decisions); "commit" waits for it. Track and feedback always wait.
+    sqlite_decision_durability: str = "buffered"
     ttl_s: float = 3600.0  # how long a routed query stays pending for feedback
     max_pending: int = 100_000  # bound of the in-memory store (memory:// only)
     token: str | None = None  # bearer token; None = no authentication
@@ -90,6 +93,11 @@ class SidecarConfig:
         if self.sqlite_synchronous not in ("FULL", "NORMAL"):
             raise ConfigError(
                 f"sqlite_synchronous: expected FULL or NORMAL, got {self.sqlite_synchronous!r}"
+            )
+        if self.sqlite_decision_durability not in ("buffered", "commit"):
+            raise ConfigError(
+                "sqlite_decision_durability: expected buffered or commit, "
+                f"got {self.sqlite_decision_durability!r}"
             )
         positive_ints = ("feature_dim", "max_pending", "max_message_bytes", "max_text_chars")
         for name in positive_ints:

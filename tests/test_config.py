@@ -85,6 +85,10 @@ def test_empty_env_value_unsets_an_optional_setting() -> None:
         ({"CONDUIT_TOKEN": " "}, "token: must not be blank"),
         ({"CONDUIT_MAX_MESSAGE_BYTES": "0"}, "max_message_bytes"),
         ({"CONDUIT_SQLITE_SYNCHRONOUS": "OFF"}, "sqlite_synchronous: expected FULL or NORMAL"),
+        (
+            {"CONDUIT_SQLITE_DECISION_DURABILITY": "eventually"},
+            "sqlite_decision_durability: expected buffered or commit",
+        ),
         ({"CONDUIT_CONFIG": "/no/conduit.yaml"}, "config: cannot read"),
     ],
 )
@@ -125,3 +129,19 @@ def test_tls_and_catalogue_files_must_exist_together(tmp_path: Path) -> None:
     key.write_text("key")
     config = SidecarConfig(tls_cert=str(cert), tls_key=str(key)).validate()
     assert config.tls_cert == str(cert)
+
+
+def test_decision_durability_reaches_the_sqlite_store(tmp_path: Path) -> None:
+    from conduit_sidecar.app import build_store
+    from conduit_sidecar.feedback import SqliteFeedbackStore
+
+    for durability in ("buffered", "commit"):
+        config = load_config(
+            env={
+                "CONDUIT_STORE_URL": f"sqlite:///{tmp_path / durability}.db",
+                "CONDUIT_SQLITE_DECISION_DURABILITY": durability,
+            }
+        )
+        store = build_store(config)
+        assert isinstance(store, SqliteFeedbackStore)
+        assert store.decision_durability == durability
