@@ -7,7 +7,12 @@
 //! - the rank-1 terms for `A` are buffered and folded in `PENDING` at a time, so `A` (which
 //!   only the exact re-factorisation, snapshots and merges read) costs one pass per batch;
 //! - discounting is a lazy scalar: the true matrices are `scale·A` and `A⁻¹/scale`, so
-//!   forgetting costs O(1) instead of a pass over both matrices.
+//!   forgetting costs O(1) instead of a pass over both matrices;
+//! - from `LAZY_INV_MIN_DIM` on, the Sherman–Morrison corrections of `A⁻¹` are buffered too
+//!   (`A⁻¹ = a_inv + Σ c_k·u_k·u_kᵀ`, at most `INV_PENDING` terms) and folded into `a_inv` and
+//!   its f32 mirror in one pass: an update then reads `a_inv` once (for `u = A⁻¹x`) instead
+//!   of reading it, then reading and writing it again, and the mirror write is amortised.
+//!   Readers add the O(k·d) corrections; `θ` is still refreshed in O(d) from `u`.
 
 use crate::error::{CoreError, CoreResult};
 use crate::kernels::{
@@ -18,6 +23,14 @@ use crate::linalg::invert_spd_packed;
 
 /// Rank-1 terms buffered before they are folded into `A` in one pass.
 pub const PENDING: usize = 16;
+
+/// Sherman–Morrison corrections of `A⁻¹` buffered before they are folded in one pass.
+pub const INV_PENDING: usize = 8;
+
+/// Dimension from which `A⁻¹`'s corrections are buffered: the arms whose selection reads the
+/// f32 mirror, where memory traffic is most of an update. Below it every correction is
+/// applied at once (and the flat selection path reads `a_inv` directly).
+pub const LAZY_INV_MIN_DIM: usize = MIRROR_MIN_DIM;
 
 /// Below this Sherman–Morrison denominator `1 + w·xᵀA⁻¹x` a downdate loses too many digits;
 /// the arm is then re-factorised exactly from `A` instead.
@@ -47,6 +60,10 @@ pub struct LinearStats {
     pub(crate) pending_x: Vec<f64>,
     /// The same buffered terms with their raw (unscaled) weights, for an explicit delta.
     pub(crate) pending_raw: Vec<f64>,
+    /// Buffered corrections of `a_inv` (stored units): coefficients and vectors, row-major.
+    /// Empty below `LAZY_INV_MIN_DIM`; never serialised (snapshots fold them first).
+    pub(crate) inv_pending_c: Vec<f64>,
+    pub(crate) inv_pending_u: Vec<f64>,
     /// Whether `delta_xx` is tracked term by term. Without discounting it is not: the local
     /// `Σ dw·x·xᵀ` since the last take is `A − delta_base`, which saves a matrix pass per
     /// update. With discounting `A` decays, so the undiscounted sum is tracked explicitly.
@@ -79,6 +96,8 @@ impl LinearStats {
             pending_w: Vec::with_capacity(PENDING),
             pending_x: Vec::with_capacity(PENDING * dim),
             pending_raw: Vec::with_capacity(PENDING),
+            inv_pending_c: Vec::new(),
+            inv_pending_u: Vec::new(),
             explicit_delta,
             delta_base,
             delta_rx: vec![0.0; dim],
@@ -104,18 +123,66 @@ impl LinearStats {
     /// `xᵀA⁻¹x`, the squared posterior width at `x` (before any exploration multiplier).
     #[inline]
     pub fn width_sq(&self, x: &[f64]) -> f64 {
-        let q = if self.a_inv_f32.is_empty() {
+        let mut q = if self.a_inv_f32.is_empty() {
             quad_form(&self.a_inv, x)
         } else {
             quad_form_mixed(&self.a_inv_f32, x)
         };
+        for (k, c) in self.inv_pending_c.iter().enumerate() {
+            let ux = dot(self.pending_vec(k), x);
+            q += c * ux * ux;
+        }
         (q / self.scale).max(0.0)
+    }
+
+    fn pending_vec(&self, k: usize) -> &[f64] {
+        &self.inv_pending_u[k * self.dim..(k + 1) * self.dim]
+    }
+
+    /// `u = (stored A⁻¹)·x`, buffered corrections included.
+    fn inv_matvec(&self, x: &[f64], u: &mut [f64]) {
+        sym_matvec(&self.a_inv, x, u);
+        for (k, c) in self.inv_pending_c.iter().enumerate() {
+            let uk = self.pending_vec(k);
+            axpy(c * dot(uk, x), uk, u);
+        }
+    }
+
+    /// Folds the buffered corrections into `a_inv` and its mirror in one pass.
+    fn fold_inverse(&mut self) {
+        let n = self.inv_pending_c.len();
+        if n == 0 {
+            return;
+        }
+        let d = self.dim;
+        let mirrored = !self.a_inv_f32.is_empty();
+        let mut off = 0;
+        for i in 0..d {
+            let len = d - i;
+            let row = &mut self.a_inv[off..off + len];
+            for k in 0..n {
+                let uk = &self.inv_pending_u[k * d..(k + 1) * d];
+                axpy(self.inv_pending_c[k] * uk[i], &uk[i..], row);
+            }
+            if mirrored {
+                for (m, v) in self.a_inv_f32[off..off + len].iter_mut().zip(row.iter()) {
+                    *m = *v as f32;
+                }
+            }
+            off += len;
+        }
+        self.inv_pending_c.clear();
+        self.inv_pending_u.clear();
     }
 
     /// `xᵀA⁻¹x` from the packed doubled outer product of `x` (see
     /// [`crate::kernels::packed_outer_doubled`]): one flat dot product.
     #[inline]
     pub fn width_sq_from_outer(&self, outer: &[f64]) -> f64 {
+        debug_assert!(
+            self.inv_pending_c.is_empty(),
+            "flat path is below LAZY_INV_MIN_DIM"
+        );
         (dot(&self.a_inv, outer) / self.scale).max(0.0)
     }
 
@@ -145,7 +212,7 @@ impl LinearStats {
         if dw >= 0.0 {
             return Ok(());
         }
-        sym_matvec(&self.a_inv, x, scratch);
+        self.inv_matvec(x, &mut scratch[..self.dim]);
         let q = dot(x, &scratch[..self.dim]) / self.scale;
         if 1.0 + dw * q <= 0.0 {
             return Err(CoreError::invalid(
@@ -164,7 +231,7 @@ impl LinearStats {
         let u = &mut u[..d];
         if dw != 0.0 {
             let w_st = dw / self.scale;
-            sym_matvec(&self.a_inv, x, u);
+            self.inv_matvec(x, u);
             let q_st = dot(x, u);
             let denom = 1.0 + w_st * q_st;
             let x_theta = dot(x, &self.theta);
@@ -175,7 +242,13 @@ impl LinearStats {
                 self.refactor();
                 return;
             }
-            if self.a_inv_f32.is_empty() {
+            if d >= LAZY_INV_MIN_DIM {
+                self.inv_pending_c.push(-w_st / denom);
+                self.inv_pending_u.extend_from_slice(u);
+                if self.inv_pending_c.len() >= INV_PENDING {
+                    self.fold_inverse();
+                }
+            } else if self.a_inv_f32.is_empty() {
                 rank1_update(&mut self.a_inv, -w_st / denom, u);
             } else {
                 rank1_update_mirrored(&mut self.a_inv, &mut self.a_inv_f32, -w_st / denom, u);
@@ -190,7 +263,7 @@ impl LinearStats {
         } else if c != 0.0 {
             axpy(c, x, &mut self.b);
             axpy(c, x, &mut self.delta_rx);
-            sym_matvec(&self.a_inv, x, u);
+            self.inv_matvec(x, u);
             axpy(c / self.scale, u, &mut self.theta);
         }
     }
@@ -204,8 +277,10 @@ impl LinearStats {
         }
     }
 
-    /// Folds the buffered rank-1 terms into `a` (and an explicit delta) in one pass.
+    /// Folds the buffered rank-1 terms into `a` (and an explicit delta) and the buffered
+    /// corrections into `a_inv`, one pass each.
     pub fn flush(&mut self) {
+        self.fold_inverse();
         let d = self.dim;
         let n = self.pending_w.len();
         if n == 0 {
@@ -277,10 +352,14 @@ impl LinearStats {
         self.a.iter().map(|v| v * s).collect()
     }
 
-    /// The true `A⁻¹` (packed).
+    /// The true `A⁻¹` (packed), buffered corrections included.
     pub fn a_inv_matrix(&self) -> Vec<f64> {
+        let mut m = self.a_inv.clone();
+        for (k, c) in self.inv_pending_c.iter().enumerate() {
+            rank1_update(&mut m, *c, self.pending_vec(k));
+        }
         let s = self.scale;
-        self.a_inv.iter().map(|v| v / s).collect()
+        m.iter().map(|v| v / s).collect()
     }
 
     /// The true `b`.

@@ -177,6 +177,8 @@ impl Bandit {
                         pending_w: Vec::with_capacity(PENDING),
                         pending_x: Vec::with_capacity(PENDING * dim),
                         pending_raw: Vec::with_capacity(PENDING),
+                        inv_pending_c: Vec::new(),
+                        inv_pending_u: Vec::new(),
                         explicit_delta: config.discount < 1.0,
                         delta_base: r.f64s(p, "delta")?,
                         delta_rx: r.f64s(dim, "delta")?,

@@ -227,3 +227,58 @@ fn large_dimensions_select_from_the_f32_mirror_to_about_1e_7() {
         );
     }
 }
+
+#[test]
+fn buffered_inverse_corrections_stay_exact_at_large_dimensions() {
+    // From d = 193 the Sherman–Morrison corrections of A⁻¹ are buffered and folded in
+    // batches; every reader (updates, downdate checks, widths, A⁻¹ itself) must see them.
+    let dim = 200;
+    let mut cfg = PolicyConfig::new(PolicyKind::LinUcb, dim);
+    cfg.refactor_every = 5000; // long Sherman–Morrison stretches
+    let mut p = Bandit::new(cfg.clone(), &["a", "b"]).unwrap();
+    let mut s = Stream(99);
+    let mut kept: Vec<(usize, Vec<f64>, f64, f64)> = Vec::new();
+    for t in 0..3000 {
+        let arm = s.below(2);
+        let x = s.vector(dim);
+        let (r, w) = (s.next_f64(), s.next_f64());
+        p.update(["a", "b"][arm], &x, r, w).unwrap();
+        kept.push((arm, x, r, w));
+        if t % 7 == 0 {
+            // Replace an earlier observation, often by a smaller weight (a downdate).
+            let k = s.below(kept.len());
+            let (arm, x, r, w) = kept[k].clone();
+            let (r2, w2) = (s.next_f64(), s.next_f64());
+            p.reapply(["a", "b"][arm], &x, r, w, r2, w2).unwrap();
+            kept[k] = (arm, x, r2, w2);
+        }
+    }
+    // Compare with a policy fed only the final observations (no downdates at all).
+    let mut scratch = Bandit::new(cfg, &["a", "b"]).unwrap();
+    for (arm, x, r, w) in &kept {
+        if *w > 0.0 {
+            scratch.update(["a", "b"][*arm], x, *r, *w).unwrap();
+        }
+    }
+    for arm in ["a", "b"] {
+        // Widths first: reading the matrices below folds the buffered corrections.
+        let x = s.vector(dim);
+        let w1 = p.select(&x, Some(&[arm])).unwrap().uncertainty;
+        let w2 = scratch.select(&x, Some(&[arm])).unwrap().uncertainty;
+        assert!((w1 - w2).abs() < 1e-6 * w2, "{w1} vs {w2}");
+        let ai_lazy = p.linear_stats_mut(arm).unwrap().unwrap().a_inv_matrix();
+        let (_, ai1, _, t1) = linear_state(&mut p, arm);
+        assert!(
+            max_rel_diff(&ai_lazy, &ai1) < 1e-12,
+            "A⁻¹ with corrections = folded"
+        );
+        let (_, ai2, _, t2) = linear_state(&mut scratch, arm);
+        assert!(
+            max_rel_diff(&ai1, &ai2) < 1e-9,
+            "{}",
+            max_rel_diff(&ai1, &ai2)
+        );
+        assert!(max_rel_diff(&t1, &t2) < 1e-9, "{}", max_rel_diff(&t1, &t2));
+        check_inverse(&mut p, arm, dim);
+    }
+}
