@@ -17,7 +17,7 @@
 use crate::error::{CoreError, CoreResult};
 use crate::kernels::{
     axpy, dot, packed_len, packed_scaled_identity, quad_form, quad_form_mixed, rank1_update,
-    rank1_update_mirrored, sym_matvec, MIRROR_MIN_DIM,
+    rank1_update_mirrored, rank_k_update_mirrored, sym_matvec, MIRROR_MIN_DIM,
 };
 use crate::linalg::invert_spd_packed;
 
@@ -150,27 +150,15 @@ impl LinearStats {
 
     /// Folds the buffered corrections into `a_inv` and its mirror in one pass.
     fn fold_inverse(&mut self) {
-        let n = self.inv_pending_c.len();
-        if n == 0 {
+        if self.inv_pending_c.is_empty() {
             return;
         }
-        let d = self.dim;
-        let mirrored = !self.a_inv_f32.is_empty();
-        let mut off = 0;
-        for i in 0..d {
-            let len = d - i;
-            let row = &mut self.a_inv[off..off + len];
-            for k in 0..n {
-                let uk = &self.inv_pending_u[k * d..(k + 1) * d];
-                axpy(self.inv_pending_c[k] * uk[i], &uk[i..], row);
-            }
-            if mirrored {
-                for (m, v) in self.a_inv_f32[off..off + len].iter_mut().zip(row.iter()) {
-                    *m = *v as f32;
-                }
-            }
-            off += len;
-        }
+        rank_k_update_mirrored(
+            &mut self.a_inv,
+            &mut self.a_inv_f32,
+            &self.inv_pending_c,
+            &self.inv_pending_u,
+        );
         self.inv_pending_c.clear();
         self.inv_pending_u.clear();
     }

@@ -211,3 +211,51 @@ pub unsafe fn rank1(m: &mut [f64], alpha: f64, u: &[f64]) {
         off += dim - i;
     }
 }
+
+/// `M += Σ_k c_k·u_k u_kᵀ` on the packed f64 matrix (the `n` vectors `u_k` row-major in `us`,
+/// each of length `dim`), writing the f32 mirror (if not empty) in the same pass. Each
+/// 4-wide chunk of a row is loaded and stored once for all `n` terms.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn rank_k_mirror(m: &mut [f64], mirror: &mut [f32], cs: &[f64], us: &[f64]) {
+    let n = cs.len();
+    let dim = us.len().checked_div(n).unwrap_or(0);
+    let mirrored = !mirror.is_empty();
+    let mut coef = [0.0f64; 16];
+    let mut off = 0;
+    for i in 0..dim {
+        let len = dim - i;
+        for k in 0..n {
+            coef[k] = cs[k] * us[k * dim + i];
+        }
+        let pr = m.as_mut_ptr().add(off);
+        let pu = us.as_ptr().add(i);
+        let mut j = 0;
+        while j + 4 <= len {
+            let mut acc = _mm256_loadu_pd(pr.add(j));
+            for (k, c) in coef[..n].iter().enumerate() {
+                acc = _mm256_fmadd_pd(
+                    _mm256_set1_pd(*c),
+                    _mm256_loadu_pd(pu.add(k * dim + j)),
+                    acc,
+                );
+            }
+            _mm256_storeu_pd(pr.add(j), acc);
+            if mirrored {
+                _mm_storeu_ps(mirror.as_mut_ptr().add(off + j), _mm256_cvtpd_ps(acc));
+            }
+            j += 4;
+        }
+        while j < len {
+            let mut v = *pr.add(j);
+            for (k, c) in coef[..n].iter().enumerate() {
+                v = c.mul_add(*pu.add(k * dim + j), v);
+            }
+            *pr.add(j) = v;
+            if mirrored {
+                mirror[off + j] = v as f32;
+            }
+            j += 1;
+        }
+        off += len;
+    }
+}

@@ -124,6 +124,13 @@ dispatch!(
     (m: &mut [f64], mirror: &mut [f32], alpha: f64, u: &[f64]) -> ()
 );
 
+dispatch!(
+    /// `M += Σ_k cs[k]·u_k u_kᵀ` (at most 16 terms; `us` holds the `u_k` row-major) on a packed
+    /// symmetric matrix, refreshing its f32 mirror (unless empty) in the same pass.
+    rank_k_update_mirrored, rank_k_mirror, rank_k_mirror_portable,
+    (m: &mut [f64], mirror: &mut [f32], cs: &[f64], us: &[f64]) -> ()
+);
+
 /// Above this dimension selection reads an f32 mirror of `A⁻¹` (products and sums in f64):
 /// at d = 386 each arm's packed f64 inverse is 584 KiB, selection is bound by memory
 /// bandwidth, and halving the bytes read nearly halves its time. The f64 inverse stays the
@@ -139,6 +146,29 @@ mod tests {
         (0..dim)
             .map(|i| (0..dim).map(|j| packed_get(m, dim, i, j)).collect())
             .collect()
+    }
+
+    #[test]
+    fn rank_k_update_equals_k_rank1_updates_and_mirrors() {
+        for dim in [1usize, 3, 8, 13, 200] {
+            let n = 5;
+            let cs: Vec<f64> = (0..n).map(|k| 0.3 - 0.2 * k as f64).collect();
+            let us: Vec<f64> = (0..n * dim).map(|i| (i as f64 * 0.71).sin()).collect();
+            let mut want = packed_scaled_identity(dim, 1.5);
+            for k in 0..n {
+                rank1_update(&mut want, cs[k], &us[k * dim..(k + 1) * dim]);
+            }
+            let mut got = packed_scaled_identity(dim, 1.5);
+            let mut mirror = vec![0.0f32; packed_len(dim)];
+            rank_k_update_mirrored(&mut got, &mut mirror, &cs, &us);
+            let mut plain = packed_scaled_identity(dim, 1.5);
+            rank_k_update_mirrored(&mut plain, &mut [], &cs, &us);
+            for ((g, w), (m, p)) in got.iter().zip(&want).zip(mirror.iter().zip(&plain)) {
+                assert!((g - w).abs() < 1e-12, "dim {dim}");
+                assert_eq!(*m, *g as f32);
+                assert_eq!(p, g);
+            }
+        }
     }
 
     #[test]

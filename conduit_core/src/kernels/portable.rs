@@ -119,3 +119,23 @@ pub(super) fn rank1_mirror_portable(m: &mut [f64], mirror: &mut [f32], alpha: f6
         off += len;
     }
 }
+
+pub(super) fn rank_k_mirror_portable(m: &mut [f64], mirror: &mut [f32], cs: &[f64], us: &[f64]) {
+    let n = cs.len();
+    let dim = us.len().checked_div(n).unwrap_or(0);
+    let mut off = 0;
+    for i in 0..dim {
+        let len = dim - i;
+        let row = &mut m[off..off + len];
+        for k in 0..n {
+            let u = &us[k * dim..(k + 1) * dim];
+            axpy_portable(cs[k] * u[i], &u[i..], row);
+        }
+        if !mirror.is_empty() {
+            for (w, v) in mirror[off..off + len].iter_mut().zip(row.iter()) {
+                *w = *v as f32;
+            }
+        }
+        off += len;
+    }
+}
