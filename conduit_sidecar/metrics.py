@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 # Loopback gRPC calls take ~0.3-5 ms; the upper buckets catch store stalls.
 _RPC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_OK = grpc.StatusCode.OK
 _REWARD_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -72,6 +73,7 @@ class SidecarMetrics:
             registry=self.registry,
         )
         self._rpc_children: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._ok_children: dict[str, Any] = {}
         self._selected_children: dict[str, Any] = {}
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -80,6 +82,14 @@ class SidecarMetrics:
         # Label children are cached: `labels()` takes a lock and builds keys on every call,
         # which is measurable at thousands of RPCs per second. The label sets are small and
         # bounded (methods x codes, catalogue models).
+        # Almost every call is OK: a lookup by method alone skips hashing the StatusCode
+        # enum (a Python-level __hash__).
+        if code is _OK:
+            child = self._ok_children.get(method)
+            if child is None:
+                child = self._ok_children[method] = self.rpc_duration.labels(method, "OK")
+            child.observe(seconds)
+            return
         child = self._rpc_children.get((method, code))
         if child is None:
             child = self._rpc_children[(method, code)] = self.rpc_duration.labels(method, code.name)

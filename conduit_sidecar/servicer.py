@@ -99,14 +99,16 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
 
     @grpc_method
     async def Route(self, request: _pb.RouteRequest, context: Any) -> _pb.RouteResponse:
-        if len(request.text) > self.max_text_chars:
+        # Each read of a proto string field builds a new str: read the text once.
+        text = request.text
+        if len(text) > self.max_text_chars:
             raise InvalidArgument(
-                "text", f"too long: {len(request.text)} characters, limit {self.max_text_chars}"
+                "text", f"too long: {len(text)} characters, limit {self.max_text_chars}"
             )
         constraints = _constraints(request)
         ttl_s = _ttl(request)
         query = Query(
-            text=request.text,
+            text=text,
             session_id=request.session_id or None,
             user_id=request.user_id or None,
             metadata=dict(request.metadata),
