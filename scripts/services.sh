@@ -25,6 +25,14 @@ if ! "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT" >/dev/null 2>&1; then
     as_pg "$PGBIN/initdb" -D "$PGDATA" -U conduit --auth=trust >/dev/null
   fi
   [ "$(id -u)" = 0 ] && chown postgres:postgres "$STATE" 2>/dev/null || true
+  # A server killed with the session leaves its pid file behind; if that pid now belongs to
+  # no postgres process, the file is stale and would only confuse the start below.
+  if [ -f "$PGDATA/postmaster.pid" ]; then
+    oldpid=$(head -1 "$PGDATA/postmaster.pid")
+    if ! ps -o comm= -p "$oldpid" 2>/dev/null | grep -q postgres; then
+      rm -f "$PGDATA/postmaster.pid"
+    fi
+  fi
   as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w \
     -o "-h 127.0.0.1 -p $PG_PORT -k $PGDATA -c fsync=off -c max_connections=300" start >/dev/null
 fi
