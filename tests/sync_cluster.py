@@ -237,3 +237,63 @@ class RouteLoad:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+def outage_fails_fast_then_recovers(
+    tmp_path: Path, store: Any, store_url: str, namespace: str, *, call_timeout_s: float,
+    fail_bound_s: float,
+) -> None:  # fmt: skip
+    """The outage scenario shared by the Redis and PostgreSQL tests.
+
+    `store` is a private server with stop()/start(). Two sidecars learn from six signals and
+    agree; then, under continuous Route load on both, the store stops: Track and
+    RecordFeedback must fail with UNAVAILABLE within `fail_bound_s` and a message, Route keeps
+    answering; the store returns and everything works again without restarting the sidecars,
+    and both replicas equal a one-process replay.
+    """
+    sidecars = [start(tmp_path, f"s{k}", store_url, namespace) for k in range(2)]
+    channels = [s.channel() for s in sidecars]
+    try:
+        a, b = (s.stub(c) for s, c in zip(sidecars, channels, strict=True))
+        routed = [route(a, i) for i in range(6)]
+        for r in routed:
+            b.Track(
+                pb.TrackRequest(query_id=r.query_id, cost_usd=r.cost_usd, latency_s=r.latency_s)
+            )
+            b.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10)
+        wait_until_agree([a, b], replay(routed))
+
+        with RouteLoad([a, b]) as load:  # Route traffic on both replicas throughout
+            store.stop()
+            for call in (
+                lambda: b.Track(
+                    pb.TrackRequest(query_id=routed[0].query_id, latency_s=1.0),
+                    timeout=call_timeout_s,
+                ),
+                lambda: b.RecordFeedback(
+                    thumbs(routed[1].query_id, "down"), timeout=call_timeout_s
+                ),
+            ):
+                began = time.monotonic()
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+                assert time.monotonic() - began < fail_bound_s  # fails fast, does not hang
+                assert info.value.details()  # a message, not an empty status
+            routes_during_outage(a)
+            time.sleep(1.0)  # a few sync rounds fail meanwhile; the sidecars keep running
+
+            store.start()
+            more = [recovered(a, b)]
+        assert load.failures == [], load.failures[:5]
+        assert load.ok > 20
+        r = more[0]
+        assert not b.RecordFeedback(thumbs(r.query_id, r.thumbs), timeout=10).duplicate
+        wait_until_agree([a, b], replay(routed + more))
+        for s in sidecars:
+            assert "policy sync recovered" in s.log(), s.log()
+    finally:
+        for c in channels:
+            c.close()
+        for s in sidecars:
+            assert s.terminate() == 0

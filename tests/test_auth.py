@@ -3,7 +3,6 @@ reflection protected) and off."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,7 +110,6 @@ def test_blank_token_is_a_config_error(tmp_path: Path) -> None:
         started.terminate()  # only reached if the blank token was accepted: do not leak it
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 def test_tls_with_token(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(

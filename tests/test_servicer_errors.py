@@ -7,7 +7,6 @@ queries, so they are independent of each other's order.
 from __future__ import annotations
 
 import math
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -220,7 +219,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_unreachable_store_is_unavailable(tmp_path: Path) -> None:
     # A private Redis that this test owns, so it can be stopped under a running sidecar.
     port = _free_port()

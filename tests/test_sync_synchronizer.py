@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,7 +299,6 @@ async def test_zero_interval_publishes_before_the_call_returns(
     assert "update" not in vars(writer.router)  # hooks removed at stop
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 async def test_zero_interval_keeps_the_delta_when_the_store_is_down(tmp_path: Path) -> None:
     # A private redis-server (append-only file) so the test can stop and restart it.
     redis = PrivateRedis(tmp_path)
