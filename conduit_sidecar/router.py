@@ -73,17 +73,11 @@ def _confidence(scores: dict[str, float], arm: str, uncertainty: float) -> tuple
     if k <= 1:
         return 1.0, math.inf, ""
     chosen = scores[arm]
-    # The first best-scored other arm, found in C (max keeps the first maximal key, as the
-    # loop below does); the loop only runs when that maximum is not a number above -inf.
-    others = dict(scores)
-    del others[arm]
-    runner_up = max(others, key=others.__getitem__)
-    second = others[runner_up]
-    if not second > -math.inf:
-        runner_up, second = "", -math.inf
-        for name, score in others.items():
-            if score > second:
-                runner_up, second = name, score
+    # The first best-scored other arm (a plain loop is cheaper than max() over a copy).
+    runner_up, second = "", -math.inf
+    for name, score in scores.items():
+        if score > second and name != arm:
+            runner_up, second = name, score
     margin = chosen - second
     if not math.isfinite(margin):
         # An unexplored arm scored +inf (UCB1): an exploration step, not certainty.

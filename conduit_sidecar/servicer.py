@@ -111,8 +111,9 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
             text=text,
             session_id=request.session_id or None,
             user_id=request.user_id or None,
-            metadata=dict(request.metadata),
-            features=list(request.features) or None,
+            # Converting an empty repeated or map field still costs a microsecond or so.
+            metadata=dict(request.metadata) if request.metadata else {},
+            features=list(request.features) if request.features else None,
             preference=request.preference or None,
             reward_weights=(
                 _weights(request.reward_weights) if request.HasField("reward_weights") else None

@@ -14,17 +14,20 @@ Semantics shared by all backends (the contract suite in tests/test_stores.py che
 
 from __future__ import annotations
 
+import binascii
 import json
 import math
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conduit_sidecar.errors import NotFound
+from conduit_sidecar.errors import InvalidArgument, NotFound
 from conduit_sidecar.feedback.events import FeedbackEvent
 from conduit_sidecar.feedback.observation import Accumulators, Contribution
 from conduit_sidecar.query import RoutingDecision
+from conduit_sidecar.reward import RewardWeights
 
 DEFAULT_TTL_SECONDS = 3600.0
 DEFAULT_HISTORY_LIMIT = 10_000
@@ -147,16 +150,104 @@ class FeedbackStore(ABC):
 # Serialisation shared by the backends that store text.
 
 
+# A decision is written on every Route and read on every Track and feedback, and most of it
+# is numbers: 64+ features and a score per model. Formatting a float as JSON text (shortest
+# round-trip repr) costs about 0.5 us and parsing it back more, so the numbers travel as one
+# base64 block of little-endian float64 (exact, and +inf scores survive) next to a JSON object
+# of the strings: about 60 us -> 8 us to write and 130 us -> 10 us to read. Records written
+# as plain `to_dict` JSON (format 1) are still read.
+_DECISION_FORMAT = 2
+_HEAD = 6  # confidence, propensity, created_at, three reward weights
+# json.dumps with options builds a new encoder on every call (a few microseconds).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def decision_to_json(decision: RoutingDecision) -> str:
-    return json.dumps(decision.to_dict(), separators=(",", ":"), allow_nan=False)
+    scores = decision.scores
+    weights = decision.reward_weights
+    numbers = struct.pack(
+        f"<{_HEAD + len(scores) + len(decision.features)}d",
+        decision.confidence,
+        decision.propensity,
+        decision.created_at,
+        weights.quality,
+        weights.cost,
+        weights.latency,
+        *scores.values(),
+        *decision.features,
+    )
+    record = {
+        "v": _DECISION_FORMAT,
+        "query_id": decision.query_id,
+        "selected_model": decision.selected_model,
+        "models": list(scores),
+        "n_features": len(decision.features),
+        "reasoning": decision.reasoning,
+        "policy_version": decision.policy_version,
+        "session_id": decision.session_id,
+        "user_id": decision.user_id,
+        "metadata": decision.metadata,
+    }
+    # Base64 never needs escaping, and the encoder's escaping scan of ~1 KB is most of its
+    # cost, so the block is spliced in as the last key.
+    head = _ENCODER.encode(record)
+    return f'{head[:-1]},"f64":"{binascii.b2a_base64(numbers, newline=False).decode("ascii")}"}}'
+
+
+# Validating RewardWeights costs more than the rest of a decode, and nearly every decision
+# carries one of a few weight triples (the presets): decoded ones are shared (they are frozen).
+_WEIGHTS: dict[tuple[float, float, float], RewardWeights] = {}
+
+
+def _weights(quality: float, cost: float, latency: float) -> RewardWeights:
+    key = (quality, cost, latency)
+    weights = _WEIGHTS.get(key)
+    if weights is None:
+        weights = RewardWeights(quality, cost, latency)
+        if len(_WEIGHTS) >= 256:
+            _WEIGHTS.clear()
+        _WEIGHTS[key] = weights
+    return weights
 
 
 def decision_from_json(text: str | bytes) -> RoutingDecision:
-    return RoutingDecision.from_dict(json.loads(text))
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise InvalidArgument("decision", "malformed decision record: not an object")
+    if data.get("v") != _DECISION_FORMAT:
+        return RoutingDecision.from_dict(data)
+    try:
+        models = [str(m) for m in data["models"]]
+        raw = binascii.a2b_base64(data["f64"])
+        count = _HEAD + len(models) + int(data["n_features"])
+        if len(raw) != 8 * count:
+            raise ValueError(f"{len(raw)} bytes of numbers where {8 * count} were expected")
+        numbers = struct.unpack(f"<{count}d", raw)
+        confidence, propensity, created_at, quality, cost, latency = numbers[:_HEAD]
+        end = _HEAD + len(models)
+        return RoutingDecision(
+            query_id=str(data["query_id"]),
+            selected_model=str(data["selected_model"]),
+            confidence=confidence,
+            features=list(numbers[end:]),
+            scores=dict(zip(models, numbers[_HEAD:end], strict=True)),
+            propensity=propensity,
+            reasoning=str(data["reasoning"]),
+            policy_version=int(data["policy_version"]),
+            reward_weights=_weights(quality, cost, latency),
+            session_id=data.get("session_id"),
+            user_id=data.get("user_id"),
+            metadata=dict(data.get("metadata") or {}),
+            created_at=created_at,
+        )
+    except KeyError as exc:
+        raise InvalidArgument("decision", f"missing key {exc.args[0]!r}") from None
+    except (TypeError, ValueError, binascii.Error) as exc:
+        raise InvalidArgument("decision", f"malformed decision record: {exc}") from None
 
 
 def event_to_json(event: FeedbackEvent) -> str:
-    return json.dumps(event.to_dict(), separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(event.to_dict())
 
 
 def event_from_json(text: str | bytes) -> FeedbackEvent:
