@@ -121,7 +121,7 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
             constraints=constraints,
             query_id=request.query_id or None,
         )
-        decision: RoutingDecision = await self.router.route(query)
+        decision: RoutingDecision = self.router.decide(query)  # route() without a coroutine
         try:
             await self.collector.log_decision(decision, ttl_seconds=ttl_s)
         except Unavailable as exc:

@@ -1,0 +1,52 @@
+"""The sidecar's Prometheus exposition, read back with prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import grpc
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conduit_sidecar.metrics import SidecarMetrics
+
+
+def samples(metrics: SidecarMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_rpc_durations_are_cumulative_buckets_by_method_and_code() -> None:
+    metrics = SidecarMetrics()
+    for seconds in (0.0003, 0.0005, 0.0007, 0.004, 7.0):
+        metrics.observe_rpc("Route", grpc.StatusCode.OK, seconds)
+    metrics.observe_rpc("Route", grpc.StatusCode.INVALID_ARGUMENT, 0.0001)
+    got = samples(metrics)
+
+    def bucket(le: str, code: str = "OK") -> float:
+        key = (("code", code), ("le", le), ("method", "Route"))
+        return got[("conduit_rpc_duration_seconds_bucket", key)]
+
+    assert bucket("0.0005") == 2  # a value equal to a bound is in that bound's bucket
+    assert bucket("0.001") == 3
+    assert bucket("0.005") == 4
+    assert bucket("2.5") == 4
+    assert bucket("+Inf") == 5
+    assert bucket("+Inf", "INVALID_ARGUMENT") == 1
+    ok = (("code", "OK"), ("method", "Route"))
+    assert got[("conduit_rpc_duration_seconds_count", ok)] == 5
+    assert abs(got[("conduit_rpc_duration_seconds_sum", ok)] - 7.0055) < 1e-12
+
+
+def test_selections_and_feedback_are_counted_per_label() -> None:
+    metrics = SidecarMetrics()
+    for model in ("small", "large", "small"):
+        metrics.selected(model)
+    metrics.feedback_recorded("thumbs", duplicate=True)
+    got = samples(metrics)
+    assert got[("conduit_selections_total", (("model", "small"),))] == 2
+    assert got[("conduit_selections_total", (("model", "large"),))] == 1
+    key = (("duplicate", "true"), ("signal_type", "thumbs"))
+    assert got[("conduit_feedback_total", key)] == 1
