@@ -30,7 +30,6 @@ pub struct Bandit {
     pub(crate) rng: ChaCha8Rng,
     pub(crate) version: u64,
     scratch: Vec<f64>,
-    select_scratch: Vec<f64>,
     candidates: Vec<usize>,
 }
 
@@ -98,7 +97,6 @@ impl Bandit {
             rng,
             version: 0,
             scratch: vec![0.0; dim],
-            select_scratch: Vec::new(),
             candidates: Vec::new(),
         }
     }
@@ -222,7 +220,6 @@ impl Bandit {
             cand: &self.candidates,
             x,
             rng: &mut self.rng,
-            scratch: &mut self.select_scratch,
         };
         Ok(policies::select(&mut ctx))
     }

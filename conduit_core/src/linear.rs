@@ -24,6 +24,9 @@ use crate::linalg::invert_spd_packed;
 /// Rank-1 terms buffered before they are folded into `A` in one pass.
 pub const PENDING: usize = 16;
 
+// The rank-k kernel that folds them takes at most 16 terms.
+const _: () = assert!(PENDING <= 16 && INV_PENDING <= 16);
+
 /// Sherman–Morrison corrections of `A⁻¹` buffered before they are folded in one pass.
 pub const INV_PENDING: usize = 8;
 
@@ -163,15 +166,22 @@ impl LinearStats {
         self.inv_pending_u.clear();
     }
 
-    /// `xᵀA⁻¹x` from the packed doubled outer product of `x` (see
-    /// [`crate::kernels::packed_outer_doubled`]): one flat dot product.
+    /// Whether selection reads the f32 mirror (from `MIRROR_MIN_DIM` on) rather than `a_inv`.
     #[inline]
-    pub fn width_sq_from_outer(&self, outer: &[f64]) -> f64 {
-        debug_assert!(
-            self.inv_pending_c.is_empty(),
-            "flat path is below LAZY_INV_MIN_DIM"
-        );
-        (dot(&self.a_inv, outer) / self.scale).max(0.0)
+    pub(crate) fn selects_from_mirror(&self) -> bool {
+        !self.a_inv_f32.is_empty()
+    }
+
+    /// `xᵀA⁻¹x` given `q = xᵀMx` for the stored matrix selection reads (`a_inv` or its mirror): the buffered
+    /// corrections added and the lazy scale applied.
+    #[inline]
+    pub(crate) fn width_sq_from(&self, q: f64, x: &[f64]) -> f64 {
+        let mut q = q;
+        for (k, c) in self.inv_pending_c.iter().enumerate() {
+            let ux = dot(self.pending_vec(k), x);
+            q += c * ux * ux;
+        }
+        (q / self.scale).max(0.0)
     }
 
     /// The cached `θ`.
@@ -269,31 +279,18 @@ impl LinearStats {
     /// corrections into `a_inv`, one pass each.
     pub fn flush(&mut self) {
         self.fold_inverse();
-        let d = self.dim;
-        let n = self.pending_w.len();
-        if n == 0 {
+        if self.pending_w.is_empty() {
             return;
         }
-        let mut off = 0;
-        for i in 0..d {
-            let len = d - i;
-            let row = &mut self.a[off..off + len];
-            for p in 0..n {
-                let xp = &self.pending_x[p * d..(p + 1) * d];
-                if xp[i] != 0.0 {
-                    axpy(self.pending_w[p] * xp[i], &xp[i..], row);
-                }
-            }
-            if self.explicit_delta {
-                let drow = &mut self.delta_base[off..off + len];
-                for p in 0..n {
-                    let xp = &self.pending_x[p * d..(p + 1) * d];
-                    if xp[i] != 0.0 {
-                        axpy(self.pending_raw[p] * xp[i], &xp[i..], drow);
-                    }
-                }
-            }
-            off += len;
+        // One pass over `a` for all the buffered terms (each chunk loaded and stored once).
+        rank_k_update_mirrored(&mut self.a, &mut [], &self.pending_w, &self.pending_x);
+        if self.explicit_delta {
+            rank_k_update_mirrored(
+                &mut self.delta_base,
+                &mut [],
+                &self.pending_raw,
+                &self.pending_x,
+            );
         }
         self.pending_w.clear();
         self.pending_raw.clear();

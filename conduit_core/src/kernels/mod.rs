@@ -17,31 +17,6 @@ pub const fn row_start(dim: usize, i: usize) -> usize {
     i * (2 * dim + 1 - i) / 2
 }
 
-/// Below this dimension a batch of quadratic forms first builds the packed outer product of
-/// `x` (off-diagonal entries doubled) and then takes one flat dot product per matrix: no
-/// per-row loop overhead, which dominates for short rows. Above it the outer product would
-/// double the memory each form reads, and rows are long enough to amortise their overhead.
-pub const FLAT_QUAD_MAX_DIM: usize = 192;
-
-/// Writes the packed `x xᵀ` with off-diagonal entries doubled, so that for any packed
-/// symmetric `M`, `xᵀ M x = dot(M, out)`.
-pub fn packed_outer_doubled(x: &[f64], out: &mut Vec<f64>) {
-    let dim = x.len();
-    out.clear();
-    out.resize(packed_len(dim), 0.0);
-    let mut off = 0;
-    for i in 0..dim {
-        let len = dim - i;
-        let xi = x[i];
-        let row = &mut out[off..off + len];
-        row[0] = xi * xi;
-        for (o, xj) in row[1..].iter_mut().zip(&x[i + 1..]) {
-            *o = 2.0 * xi * xj;
-        }
-        off += len;
-    }
-}
-
 /// Packed identity scaled by `value`.
 pub fn packed_scaled_identity(dim: usize, value: f64) -> Vec<f64> {
     let mut m = vec![0.0; packed_len(dim)];
@@ -107,6 +82,17 @@ dispatch!(
     quad_form, quad, quad_portable, (m: &[f64], x: &[f64]) -> f64
 );
 dispatch!(
+    /// `out[k] = xᵀ M_k x` for several packed symmetric matrices (`x.len()` is the
+    /// dimension), in sweeps of up to four matrices that share the reads of `x`.
+    quad_forms, quad_many, quad_many_portable,
+    (ms: &[&[f64]], x: &[f64], out: &mut [f64]) -> ()
+);
+dispatch!(
+    /// [`quad_forms`] for matrices stored as f32, every product and sum in f64.
+    quad_forms_mixed, quad_mixed_many, quad_mixed_many_portable,
+    (ms: &[&[f32]], x: &[f64], out: &mut [f64]) -> ()
+);
+dispatch!(
     /// `y = M x` for a packed symmetric matrix; `x.len()` is the dimension.
     sym_matvec, matvec, matvec_portable, (m: &[f64], x: &[f64], y: &mut [f64]) -> ()
 );
@@ -131,12 +117,13 @@ dispatch!(
     (m: &mut [f64], mirror: &mut [f32], cs: &[f64], us: &[f64]) -> ()
 );
 
-/// Above this dimension selection reads an f32 mirror of `A⁻¹` (products and sums in f64):
+/// From this dimension on selection reads an f32 mirror of `A⁻¹` (products and sums in f64):
 /// at d = 386 each arm's packed f64 inverse is 584 KiB, selection is bound by memory
 /// bandwidth, and halving the bytes read nearly halves its time. The f64 inverse stays the
 /// master copy for `θ`, updates and snapshots; only the exploration width `sqrt(xᵀA⁻¹x)` is
-/// computed from the mirror, to about 1e-7 relative.
-pub const MIRROR_MIN_DIM: usize = FLAT_QUAD_MAX_DIM + 1;
+/// computed from the mirror, to about 1e-7 relative. Below it (up to 192, where a few arms'
+/// f64 inverses still sit in the 4 MiB L2) selection reads the f64 inverse and is exact.
+pub const MIRROR_MIN_DIM: usize = 193;
 
 #[cfg(test)]
 mod tests {
@@ -167,6 +154,42 @@ mod tests {
                 assert!((g - w).abs() < 1e-12, "dim {dim}");
                 assert_eq!(*m, *g as f32);
                 assert_eq!(p, g);
+            }
+        }
+    }
+
+    #[test]
+    fn batched_quad_forms_match_one_at_a_time() {
+        for dim in [1usize, 2, 3, 4, 5, 7, 8, 9, 17, 33, 200] {
+            let x: Vec<f64> = (0..dim).map(|i| (i as f64 * 0.91).cos()).collect();
+            for n in 1..=7 {
+                let ms: Vec<Vec<f64>> = (0..n)
+                    .map(|k| {
+                        let mut m = packed_scaled_identity(dim, 1.0 + k as f64);
+                        let u: Vec<f64> = (0..dim).map(|i| ((i + 3 * k) as f64).sin()).collect();
+                        rank1_update(&mut m, 0.25, &u);
+                        m
+                    })
+                    .collect();
+                let refs: Vec<&[f64]> = ms.iter().map(Vec::as_slice).collect();
+                let mut got = vec![f64::NAN; n];
+                quad_forms(&refs, &x, &mut got);
+                let m32: Vec<Vec<f32>> = ms
+                    .iter()
+                    .map(|m| m.iter().map(|v| *v as f32).collect())
+                    .collect();
+                let refs32: Vec<&[f32]> = m32.iter().map(Vec::as_slice).collect();
+                let mut got32 = vec![f64::NAN; n];
+                quad_forms_mixed(&refs32, &x, &mut got32);
+                for k in 0..n {
+                    let want = quad_form(&ms[k], &x);
+                    assert!(
+                        (got[k] - want).abs() < 1e-12 * want.abs().max(1.0),
+                        "dim {dim}"
+                    );
+                    let want32 = quad_form_mixed(&m32[k], &x);
+                    assert!((got32[k] - want32).abs() < 1e-12 * want32.abs().max(1.0));
+                }
             }
         }
     }

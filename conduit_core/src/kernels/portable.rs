@@ -139,3 +139,15 @@ pub(super) fn rank_k_mirror_portable(m: &mut [f64], mirror: &mut [f32], cs: &[f6
         off += len;
     }
 }
+
+pub(super) fn quad_many_portable(ms: &[&[f64]], x: &[f64], out: &mut [f64]) {
+    for (m, o) in ms.iter().zip(out.iter_mut()) {
+        *o = quad_portable(m, x);
+    }
+}
+
+pub(super) fn quad_mixed_many_portable(ms: &[&[f32]], x: &[f64], out: &mut [f64]) {
+    for (m, o) in ms.iter().zip(out.iter_mut()) {
+        *o = quad_mixed_portable(m, x);
+    }
+}

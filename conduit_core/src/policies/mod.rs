@@ -13,7 +13,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::arm::Arm;
-use crate::kernels::{packed_outer_doubled, FLAT_QUAD_MAX_DIM};
+use crate::kernels::{quad_forms, quad_forms_mixed};
+use crate::linear::LinearStats;
 use crate::policy::{PolicyConfig, PolicyKind, Selection};
 
 /// What a selection rule sees: the candidate arms (indices into `arms`, never empty) and `x`.
@@ -23,31 +24,34 @@ pub(crate) struct Ctx<'a> {
     pub cand: &'a [usize],
     pub x: &'a [f64],
     pub rng: &'a mut ChaCha8Rng,
-    /// Reusable buffer (the packed outer product of `x` for small dimensions).
-    pub scratch: &'a mut Vec<f64>,
 }
 
 impl Ctx<'_> {
     /// `(offset + θᵀx, sqrt(xᵀA⁻¹x))` of every candidate of a linear policy.
     pub fn linear_parts(&mut self) -> (Vec<f64>, Vec<f64>) {
-        let n = self.cand.len();
-        let (mut means, mut widths) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let flat = self.x.len() <= FLAT_QUAD_MAX_DIM;
-        if flat {
-            packed_outer_doubled(self.x, self.scratch);
-        }
-        for &i in self.cand {
-            let lin = self.arms[i]
+        let arms = self.arms;
+        let lin = |i: usize| -> &LinearStats {
+            arms[i]
                 .linear
                 .as_ref()
-                .expect("linear policy has linear arms");
-            means.push(self.cfg.reward_offset + lin.mean(self.x));
-            let w2 = if flat {
-                lin.width_sq_from_outer(self.scratch)
-            } else {
-                lin.width_sq(self.x)
-            };
-            widths.push(w2.sqrt());
+                .expect("linear policy has linear arms")
+        };
+        let x = self.x;
+        let n = self.cand.len();
+        let mut widths = vec![0.0; n];
+        // Every arm has the same dimension, so they all read the same kind of matrix.
+        if lin(self.cand[0]).selects_from_mirror() {
+            let ms: Vec<&[f32]> = self.cand.iter().map(|&i| &lin(i).a_inv_f32[..]).collect();
+            quad_forms_mixed(&ms, x, &mut widths);
+        } else {
+            let ms: Vec<&[f64]> = self.cand.iter().map(|&i| &lin(i).a_inv[..]).collect();
+            quad_forms(&ms, x, &mut widths);
+        }
+        let mut means = Vec::with_capacity(n);
+        for (&i, w) in self.cand.iter().zip(widths.iter_mut()) {
+            let l = lin(i);
+            means.push(self.cfg.reward_offset + l.mean(x));
+            *w = l.width_sq_from(*w, x).sqrt();
         }
         (means, widths)
     }
