@@ -14,6 +14,7 @@ import numbers
 from dataclasses import dataclass
 
 from conduit_sidecar.errors import InvalidArgument
+from conduit_sidecar.frozen import fast_frozen
 
 # Cost anchors (USD per call). At or below COST_FREE_USD a call scores 1; at or above
 # COST_CEILING_USD it scores 0; in between the score falls linearly in log10(cost).
@@ -31,6 +32,8 @@ _LATENCY_SPAN = math.log10(LATENCY_CEILING_S / LATENCY_FAST_S)
 
 def as_number(field: str, value: object) -> float:
     """A real number (int, float, numpy scalar; not bool) as float, else InvalidArgument."""
+    if type(value) is float:  # the common case, without the numbers.Real ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgument(field, f"must be a number, got {value!r}")
     return float(value)
@@ -52,6 +55,7 @@ def check_unit(field: str, value: object) -> float:
     return number
 
 
+@fast_frozen
 @dataclass(frozen=True)
 class RewardWeights:
     """Non-negative weights of quality, cost and latency, normalised to sum to 1.

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conduit_sidecar.errors import InvalidArgument
+from conduit_sidecar.frozen import fast_frozen
 from conduit_sidecar.reward import as_number, check_unit
 
 
@@ -93,6 +94,7 @@ class FeedbackEvent:
         )
 
 
+@fast_frozen
 @dataclass(frozen=True)
 class RewardMapping:
     """An adapter's reading of one event: a reward in [0, 1] and how much to trust it.
@@ -110,6 +112,7 @@ class RewardMapping:
         object.__setattr__(self, "confidence", check_unit("confidence", self.confidence))
 
 
+@fast_frozen
 @dataclass(frozen=True)
 class FeedbackResult:
     """What `record` did with one event.

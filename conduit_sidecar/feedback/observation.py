@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from conduit_sidecar.frozen import fast_frozen
 from conduit_sidecar.reward import RewardWeights, compose_reward
 
 # Confidence of the implicit signals Track derives (DESIGN "Confidence Weighting"):
@@ -23,6 +24,7 @@ ERROR_CONFIDENCE = 0.8
 RETRY_CONFIDENCE = 0.5
 
 
+@fast_frozen
 @dataclass(frozen=True)
 class Accumulators:
     """The stored state of one query's observation."""
@@ -34,6 +36,7 @@ class Accumulators:
     latency_s: float | None = None
 
 
+@fast_frozen
 @dataclass(frozen=True)
 class Contribution:
     """What one operation adds: quality mass, confidence mass, a weight candidate, and

@@ -26,6 +26,7 @@ from typing import Any
 from conduit_sidecar.errors import InvalidArgument, NotFound
 from conduit_sidecar.feedback.events import FeedbackEvent
 from conduit_sidecar.feedback.observation import Accumulators, Contribution
+from conduit_sidecar.frozen import fast_frozen
 from conduit_sidecar.query import RoutingDecision
 from conduit_sidecar.reward import RewardWeights
 
@@ -33,6 +34,7 @@ DEFAULT_TTL_SECONDS = 3600.0
 DEFAULT_HISTORY_LIMIT = 10_000
 
 
+@fast_frozen
 @dataclass(frozen=True)
 class Mark:
     """The first result recorded under an idempotency key, returned to its duplicates."""
@@ -43,6 +45,7 @@ class Mark:
     after: Accumulators | None = None
 
 
+@fast_frozen
 @dataclass(frozen=True)
 class PendingQuery:
     """A logged decision that can still receive feedback."""
@@ -52,6 +55,7 @@ class PendingQuery:
     expires_at: float
 
 
+@fast_frozen
 @dataclass(frozen=True)
 class Applied:
     """What one atomic `apply` did: the accumulators before and after it.
