@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 # Loopback gRPC calls take ~0.3-5 ms; the upper buckets catch store stalls.
@@ -31,12 +31,7 @@ _REWARD_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class _Buckets:
-    """One histogram child as plain numbers: `observe` is a C bisect and two additions.
-
-    prometheus_client's own children take a lock and walk the buckets in Python, about
-    1.5 us per RPC (~10,000 instructions) on a path whose whole budget is a few tens of us.
-    Every RPC handler runs on the server's event-loop thread, so nothing here is shared.
-    """
+    """One histogram child as plain numbers: `observe` is a C bisect and two additions."""
 
     __slots__ = ("counts", "total")
 
@@ -50,33 +45,61 @@ class _Buckets:
         self.total += value
 
 
-class _HotPathCollector:
-    """Exposes the per-RPC metrics (RPC durations, selections) kept as plain numbers."""
+class _Histogram:
+    """A labelled histogram kept as plain numbers.
 
-    def __init__(self) -> None:
-        self.rpc: dict[tuple[str, str], _Buckets] = {}
-        self.selections: dict[str, int] = {}
+    prometheus_client's children take a lock and walk the buckets in Python, about 1.5 us
+    (~10,000 instructions) per observation, on paths whose whole budget is a few tens of
+    microseconds. Every RPC handler runs on the server's event-loop thread, so nothing here
+    is shared between threads; a scrape reads a snapshot of the counts.
+    """
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...]):
+        self.name, self.doc, self.labels, self.bounds = name, doc, labels, bounds
+        self.children: dict[tuple[str, ...], _Buckets] = {}
+
+    def child(self, *labels: str) -> _Buckets:
+        child = self.children.get(labels)
+        if child is None:
+            child = self.children[labels] = _Buckets(len(self.bounds))
+        return child
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        les = (*map(str, self.bounds), "+Inf")
+        for labels, child in list(self.children.items()):
+            running, cumulative = 0, []
+            for le, count in zip(les, list(child.counts), strict=True):
+                running += count
+                cumulative.append((le, float(running)))
+            family.add_metric(labels, cumulative, child.total)
+        return family
+
+
+class _Counter:
+    """A labelled counter kept as a plain dict (see `_Histogram`)."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]):
+        self.name, self.doc, self.labels = name, doc, labels
+        self.counts: dict[tuple[str, ...], int] = {}
+
+    def inc(self, *labels: str) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + 1
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, count in list(self.counts.items()):
+            family.add_metric(labels, float(count))
+        return family
+
+
+class _PlainCollector:
+    def __init__(self, *metrics: _Histogram | _Counter) -> None:
+        self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        rpc = HistogramMetricFamily(
-            "conduit_rpc_duration_seconds",
-            "Server-side RPC latency by method and status code",
-            labels=("method", "code"),
-        )
-        for (method, code), child in list(self.rpc.items()):
-            counts = list(child.counts)
-            cumulative, running = [], 0
-            for bound, count in zip((*map(str, _RPC_BUCKETS), "+Inf"), counts, strict=True):
-                running += count
-                cumulative.append((bound, float(running)))
-            rpc.add_metric((method, code), cumulative, child.total)
-        yield rpc
-        selections = CounterMetricFamily(
-            "conduit_selections", "Route decisions by selected model", labels=("model",)
-        )
-        for model, count in list(self.selections.items()):
-            selections.add_metric((model,), float(count))
-        yield selections
+        for metric in self.metrics:
+            yield metric.family()
 
 
 class SidecarMetrics:
@@ -84,20 +107,25 @@ class SidecarMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._hot = _HotPathCollector()
-        self.registry.register(self._hot)
-        self.reward = Histogram(
-            "conduit_reward",
-            "Rewards applied to the policy by model",
-            ("model",),
-            buckets=_REWARD_BUCKETS,
-            registry=self.registry,
+        self.rpc_duration = _Histogram(
+            "conduit_rpc_duration_seconds",
+            "Server-side RPC latency by method and status code",
+            ("method", "code"),
+            _RPC_BUCKETS,
         )
-        self.feedback = Counter(
+        self.selections = _Counter(
+            "conduit_selections", "Route decisions by selected model", ("model",)
+        )
+        self.reward = _Histogram(
+            "conduit_reward", "Rewards applied to the policy by model", ("model",), _REWARD_BUCKETS
+        )
+        self.feedback = _Counter(
             "conduit_feedback",
             "Feedback events by signal type and whether they were duplicates",
             ("signal_type", "duplicate"),
-            registry=self.registry,
+        )
+        self.registry.register(
+            _PlainCollector(self.rpc_duration, self.selections, self.reward, self.feedback)
         )
         self.pending = Gauge(
             "conduit_pending_queries", "Routed queries awaiting feedback", registry=self.registry
@@ -124,26 +152,19 @@ class SidecarMetrics:
         if code is _OK:
             child = self._ok_children.get(method)
             if child is None:
-                child = self._ok_children[method] = self._child(method, "OK")
+                child = self._ok_children[method] = self.rpc_duration.child(method, "OK")
         else:
-            child = self._child(method, code.name)
+            child = self.rpc_duration.child(method, code.name)
         child.observe(_RPC_BUCKETS, seconds)
 
-    def _child(self, method: str, code: str) -> _Buckets:
-        child = self._hot.rpc.get((method, code))
-        if child is None:
-            child = self._hot.rpc[(method, code)] = _Buckets(len(_RPC_BUCKETS))
-        return child
-
     def selected(self, model: str) -> None:
-        selections = self._hot.selections
-        selections[model] = selections.get(model, 0) + 1
+        self.selections.inc(model)
 
     def rewarded(self, model: str, reward: float) -> None:
-        self.reward.labels(model).observe(reward)
+        self.reward.child(model).observe(_REWARD_BUCKETS, reward)
 
     def feedback_recorded(self, signal_type: str, duplicate: bool) -> None:
-        self.feedback.labels(signal_type, "true" if duplicate else "false").inc()
+        self.feedback.inc(signal_type, "true" if duplicate else "false")
 
     def set_pending(self, count: int) -> None:
         self.pending.set(count)

@@ -50,3 +50,16 @@ def test_selections_and_feedback_are_counted_per_label() -> None:
     assert got[("conduit_selections_total", (("model", "large"),))] == 1
     key = (("duplicate", "true"), ("signal_type", "thumbs"))
     assert got[("conduit_feedback_total", key)] == 1
+
+
+def test_rewards_are_a_histogram_per_model() -> None:
+    metrics = SidecarMetrics()
+    for reward in (0.05, 0.5, 0.95, 1.0):
+        metrics.rewarded("small", reward)
+    got = samples(metrics)
+    model = ("model", "small")
+    assert got[("conduit_reward_bucket", (("le", "0.1"), model))] == 1
+    assert got[("conduit_reward_bucket", (("le", "0.5"), model))] == 2
+    assert got[("conduit_reward_bucket", (("le", "0.9"), model))] == 2
+    assert got[("conduit_reward_bucket", (("le", "1.0"), model))] == 4
+    assert got[("conduit_reward_count", (model,))] == 4

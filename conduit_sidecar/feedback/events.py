@@ -27,6 +27,10 @@ def check_id(field_name: str, value: object) -> str:
     return value
 
 
+# json.dumps with any option builds a new encoder per call; this one is built once.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+
+
 def check_payload(value: object) -> dict[str, Any]:
     """A JSON object with finite numbers: it is stored verbatim in every backend."""
     if not isinstance(value, Mapping):
@@ -36,7 +40,7 @@ def check_payload(value: object) -> dict[str, Any]:
         if not isinstance(key, str):
             raise InvalidArgument("payload", f"keys must be strings, got {key!r}")
     try:
-        json.dumps(payload, allow_nan=False)
+        _STRICT_JSON.encode(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument("payload", f"must be JSON-serialisable and finite: {exc}") from None
     return payload
