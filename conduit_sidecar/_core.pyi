@@ -1,12 +1,14 @@
 """Type stub of the native module built from conduit_core/src/py (checked by mypy.stubtest)."""
 
 from collections.abc import Sequence
-from typing import final
+from typing import TypeVar, final
 
 import numpy as np
 from numpy.typing import NDArray
 
 __all__ = ["CoreError", "FeatureHasher", "Policy"]
+
+_T = TypeVar("_T")
 
 class CoreError(ValueError):
     """An input the Conduit core refused; the message names the field."""
@@ -32,11 +34,14 @@ class Policy:
         fixed_arm: str | None = None,
         reward_offset: float = 0.0,
     ) -> Policy: ...
+    # An instance of `cls` (a plain class deriving only from object) whose fields arm,
+    # scores, propensity and uncertainty are set directly, without calling __init__.
     def select(
-        self, features: NDArray[np.float64], allowed: Sequence[str] | None = None
-    ) -> tuple[str, dict[str, float], float, float]: ...
+        self, cls: type[_T], features: NDArray[np.float64], allowed: Sequence[str] | None = None
+    ) -> _T: ...
+    # reward and weight must be exact floats (an int, a bool or a NumPy scalar is a TypeError).
     def update(
-        self, arm: str, features: NDArray[np.float64], reward: float, weight: float = 1.0
+        self, arm: str, features: NDArray[np.float64], reward: float, weight: float
     ) -> None: ...
     def reapply(
         self,

@@ -67,23 +67,9 @@ class Selection:
     uncertainty: float  # posterior width of the chosen arm (>= 0)
 
 
-# Selection is built on every routing decision; filling its slots directly skips the frozen
-# dataclass __init__ (one object.__setattr__ per field), which costs as much as the math.
-_SELECTION_SLOTS = tuple(
-    Selection.__dict__[name].__set__ for name in ("arm", "scores", "propensity", "uncertainty")
-)
-
-
-def _selection(
-    arm: str, scores: dict[str, float], propensity: float, uncertainty: float
-) -> Selection:
-    sel: Selection = object.__new__(Selection)
-    set_arm, set_scores, set_propensity, set_uncertainty = _SELECTION_SLOTS
-    set_arm(sel, arm)
-    set_scores(sel, scores)
-    set_propensity(sel, propensity)
-    set_uncertainty(sel, uncertainty)
-    return sel
+# Selection is built on every routing decision: the native select fills its slots directly
+# (object.__new__ and the slot setters, without the frozen dataclass __init__, which costs
+# as much as the math).
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,16 +174,24 @@ class BanditPolicy:
 
     def select(self, features: Features, allowed: Sequence[str] | None = None) -> Selection:
         names = None if allowed is None else _arm_names(allowed, "allowed")
-        arm, scores, propensity, uncertainty = self._policy.select(_features(features), names)
-        return _selection(arm, scores, propensity, uncertainty)
+        try:
+            # Fast path: the native call accepts a 1-D float64 array and nothing else.
+            return self._policy.select(Selection, features, names)  # type: ignore[arg-type]
+        except TypeError:
+            return self._policy.select(Selection, _features(features), names)
 
     def update(self, arm: str, features: Features, reward: float, weight: float = 1.0) -> None:
-        self._policy.update(
-            _arm_name(arm),
-            _features(features),
-            _number(reward, "reward"),
-            _number(weight, "weight"),
-        )
+        try:
+            # Fast path: the native call takes a str arm, a 1-D float64 array and exact float
+            # reward and weight, and raises TypeError (before touching anything) otherwise.
+            self._policy.update(arm, features, reward, weight)  # type: ignore[arg-type]
+        except TypeError:
+            self._policy.update(
+                _arm_name(arm),
+                _features(features),
+                _number(reward, "reward"),
+                _number(weight, "weight"),
+            )
 
     def reapply(
         self,

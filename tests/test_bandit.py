@@ -232,6 +232,57 @@ def test_features_may_be_any_float_sequence() -> None:
     assert policy.select(strided).arm in policy.arms
 
 
+def test_rewards_and_weights_may_be_any_real_number_type() -> None:
+    # The native fast path takes exact floats only; the others go through the checked path.
+    x = unit(np.random.default_rng(3), 6)
+    floats, others = make(), make()
+    floats.update("a", x, 1.0, 1.0)
+    floats.update("b", x, 0.25, 0.5)
+    others.update("a", x, 1, 1)
+    others.update("b", x, np.float64(0.25), np.float32(0.5))  # type: ignore[arg-type]
+    assert floats.to_bytes() == others.to_bytes()
+
+
+def test_selection_is_the_frozen_dataclass() -> None:
+    policy = make()
+    sel = policy.select(GOOD)
+    assert type(sel) is Selection
+    assert sel == Selection(sel.arm, dict(sel.scores), sel.propensity, sel.uncertainty)
+    assert repr(sel).startswith("Selection(arm=")
+    with pytest.raises(AttributeError):
+        sel.arm = "b"  # type: ignore[misc]
+
+
+def test_selected_names_follow_arm_changes() -> None:
+    # The native layer caches the arm names as Python strings; every change must show.
+    x = unit(np.random.default_rng(5), 6)
+    policy, other = make(), make()
+    policy.add_arm("z")
+    assert set(policy.select(x).scores) == {"a", "b", "c", "z"}
+    policy.remove_arm("a")
+    assert set(policy.select(x).scores) == {"b", "c", "z"}
+    other.add_arm("new")
+    other.update("new", x, 1.0)
+    policy.merge_delta(other.take_delta())  # brings arm "new" (and a, which was removed)
+    assert set(policy.select(x).scores) == set(policy.arms)
+    assert "new" in policy.arms
+
+
+def test_large_and_small_selections_agree() -> None:
+    # d=100 with 8 arms runs with the GIL released, with 6 allowed arms it runs inline:
+    # the scores the two paths give for the same arms must be identical.
+    rng = np.random.default_rng(9)
+    arms = [f"m{i}" for i in range(8)]
+    policy = BanditPolicy(PolicyConfig(dim=100, seed=1), arms)
+    for i in range(64):
+        policy.update(arms[i % 8], unit(rng, 100), float(rng.uniform()))
+    x = unit(rng, 100)
+    full = policy.select(x)
+    part = policy.select(x, arms[:6])
+    assert set(full.scores) == set(arms)
+    assert part.scores == {a: full.scores[a] for a in arms[:6]}
+
+
 # ---------------------------------------------------------------- state
 
 
@@ -343,6 +394,8 @@ BAD_CALLS: list[tuple[str, Callable[[BanditPolicy], object], str]] = [
     ("negative reward", lambda p: p.update("a", GOOD, -0.1), "reward"),
     ("nan reward", lambda p: p.update("a", GOOD, float("nan")), "reward"),
     ("text reward", lambda p: p.update("a", GOOD, "1"), "reward"),  # type: ignore[arg-type]
+    ("bool reward", lambda p: p.update("a", GOOD, True), "reward"),
+    ("bool weight", lambda p: p.update("a", GOOD, 0.5, False), "weight"),
     ("weight above 1", lambda p: p.update("a", GOOD, 0.5, 2.0), "weight"),
     ("inf weight", lambda p: p.update("a", GOOD, 0.5, float("inf")), "weight"),
     ("unknown arm", lambda p: p.update("nope", GOOD, 0.5), "arm"),

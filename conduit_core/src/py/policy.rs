@@ -1,0 +1,462 @@
+//! `conduit_sidecar._core.Policy`: the binding of [`Bandit`].
+//!
+//! Small calls (`select` at a few arms of a small dimension, `update` at a small dimension)
+//! run with the GIL held: the math takes a few microseconds, less than letting another
+//! thread take the interpreter and getting it back, and holding it means the NumPy input and
+//! the cached Python arm names can be used directly. They only ever `try_lock` the policy
+//! while holding the GIL; if another thread holds the policy, they fall back to the detached
+//! path (never block on the policy with the GIL held, and never take the GIL with the policy
+//! held, so the two locks cannot deadlock). Every larger call releases the GIL around the
+//! math, and a thread waiting for the policy waits with the GIL released.
+
+use std::ops::Deref;
+use std::sync::{Mutex, MutexGuard, TryLockError};
+
+use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyString, PyType};
+
+use super::detached;
+use crate::bandit::Bandit;
+use crate::error::CoreError as RustCoreError;
+use crate::policy::{PolicyConfig, PolicyKind};
+
+/// Largest `dim² × candidates` a `select` runs with the GIL held: a few microseconds of
+/// math (d = 64 with up to 16 arms, d = 16 with up to 256).
+const INLINE_SELECT_WORK: usize = 1 << 16;
+
+/// Largest dimension an `update`/`reapply` runs with the GIL held: two passes over a packed
+/// 128x128 inverse are about a microsecond (the exact re-factorisation every
+/// `refactor_every` updates is the longest hold, well under a millisecond).
+const INLINE_UPDATE_MAX_DIM: usize = 128;
+
+/// Feature vectors up to this length are copied to the stack, not the heap.
+const STACK_FEATURES: usize = 256;
+
+/// A copy of the features taken while the GIL is held: another thread may change the NumPy
+/// array as soon as the GIL is released (or, with NumPy releasing the GIL in its own loops,
+/// even before), and the core validates then uses its input. Deliberately large: it lives
+/// on the stack for the length of one call, in place of a heap allocation.
+#[allow(clippy::large_enum_variant)]
+enum Features {
+    Stack([f64; STACK_FEATURES], usize),
+    Heap(Vec<f64>),
+}
+
+impl Features {
+    fn copy(features: &Bound<'_, PyArray1<f64>>) -> Self {
+        // SAFETY: the GIL is held and no Rust code holds a mutable view of this array; the
+        // slice is only read, immediately.
+        match unsafe { features.as_slice() } {
+            Ok(s) if s.len() <= STACK_FEATURES => {
+                let mut buf = [0.0; STACK_FEATURES];
+                buf[..s.len()].copy_from_slice(s);
+                Features::Stack(buf, s.len())
+            }
+            Ok(s) => Features::Heap(s.to_vec()),
+            // Not contiguous (a strided view): copy element by element.
+            Err(_) => Features::Heap(features.to_owned_array().to_vec()),
+        }
+    }
+}
+
+impl Deref for Features {
+    type Target = [f64];
+    fn deref(&self) -> &[f64] {
+        match self {
+            Features::Stack(buf, n) => &buf[..*n],
+            Features::Heap(v) => v,
+        }
+    }
+}
+
+/// A reward or weight: exactly a Python float. Anything else (an int, a NumPy scalar, a
+/// bool) is a `TypeError`, on which `conduit_sidecar.bandit` validates and converts the
+/// argument and calls again.
+fn exact_float(value: &Bound<'_, PyAny>, field: &str) -> PyResult<f64> {
+    match value.cast_exact::<PyFloat>() {
+        Ok(f) => Ok(f.value()),
+        Err(_) => Err(PyTypeError::new_err(format!("{field}: must be a float"))),
+    }
+}
+
+/// The policy and its arm names as Python strings (same order as the bandit's arms).
+struct State {
+    bandit: Bandit,
+    names: Vec<Py<PyString>>,
+    /// Set when the arms changed without the GIL (a merged delta may add arms); the names
+    /// are rebuilt by the next call that holds the GIL.
+    names_stale: bool,
+}
+
+impl State {
+    fn names(&mut self, py: Python<'_>) -> &[Py<PyString>] {
+        if self.names_stale || self.names.len() != self.bandit.arms.len() {
+            self.names = self
+                .bandit
+                .arm_names()
+                .map(|n| PyString::new(py, n).unbind())
+                .collect();
+            self.names_stale = false;
+        }
+        &self.names
+    }
+}
+
+/// Builds an instance of `cls` (a plain Python class such as the `Selection` dataclass) and
+/// sets its four fields directly, as `object.__new__` plus the slot setters would, without
+/// running `__init__` (a frozen dataclass's `__init__` costs as much as the selection).
+fn new_selection<'py>(
+    cls: &Bound<'py, PyType>,
+    arm: Bound<'py, PyString>,
+    scores: Bound<'py, PyDict>,
+    propensity: f64,
+    uncertainty: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    let tp = cls.as_type_ptr();
+    // SAFETY: `tp` is a live type object; only plain heap classes deriving directly from
+    // `object` are accepted, for which `tp_alloc` returns a zeroed, initialised instance that
+    // owns no state beyond its dict and slots.
+    unsafe {
+        let plain = (*tp).tp_base == std::ptr::addr_of_mut!(ffi::PyBaseObject_Type)
+            && ffi::PyType_HasFeature(tp, ffi::Py_TPFLAGS_HEAPTYPE) != 0;
+        let alloc = (*tp).tp_alloc;
+        let Some(alloc) = alloc.filter(|_| plain) else {
+            return Err(PyTypeError::new_err(
+                "cls: must be a plain Python class (derived from object only)",
+            ));
+        };
+        let raw = alloc(tp, 0);
+        let obj = Bound::from_owned_ptr_or_err(py, raw)?;
+        let fields: [(&Bound<'py, PyString>, Bound<'py, PyAny>); 4] = [
+            (intern!(py, "arm"), arm.into_any()),
+            (intern!(py, "scores"), scores.into_any()),
+            (
+                intern!(py, "propensity"),
+                PyFloat::new(py, propensity).into_any(),
+            ),
+            (
+                intern!(py, "uncertainty"),
+                PyFloat::new(py, uncertainty).into_any(),
+            ),
+        ];
+        for (name, value) in fields {
+            // The generic setter goes straight to the slot descriptor, past a frozen
+            // dataclass's `__setattr__`.
+            if ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(obj)
+    }
+}
+
+/// A contextual-bandit policy (see `conduit_sidecar.bandit.BanditPolicy`).
+#[pyclass(name = "Policy", module = "conduit_sidecar._core", frozen)]
+pub struct PyPolicy {
+    inner: Mutex<State>,
+}
+
+impl PyPolicy {
+    fn wrap(bandit: Bandit) -> Self {
+        PyPolicy {
+            inner: Mutex::new(State {
+                bandit,
+                names: Vec::new(),
+                names_stale: true,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic inside the core is a bug, but the statistics are validated before every
+        // mutation, so the state behind a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policy, if no other thread holds it; never blocks (the caller holds the GIL).
+    fn try_lock(&self) -> Option<MutexGuard<'_, State>> {
+        match self.inner.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Runs a state change with the GIL held if the dimension is small and the policy free,
+    /// else detached.
+    fn mutate<F>(&self, py: Python<'_>, f: F) -> PyResult<()>
+    where
+        F: Fn(&mut Bandit) -> Result<(), RustCoreError> + Send + Sync,
+    {
+        if let Some(mut state) = self.try_lock() {
+            if state.bandit.config().dim <= INLINE_UPDATE_MAX_DIM {
+                return f(&mut state.bandit).map_err(PyErr::from);
+            }
+        }
+        detached(py, || f(&mut self.lock().bandit))
+    }
+}
+
+#[pymethods]
+impl PyPolicy {
+    #[new]
+    #[pyo3(signature = (kind, dim, arms, *, alpha=1.0, ridge=1.0, epsilon=0.1, ts_scale=0.5,
+        prior_alpha=1.0, prior_beta=1.0, discount=1.0, refactor_every=1000, mc_samples=200,
+        seed=0, fixed_arm=None, reward_offset=0.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        kind: &str,
+        dim: i64,
+        arms: Vec<String>,
+        alpha: f64,
+        ridge: f64,
+        epsilon: f64,
+        ts_scale: f64,
+        prior_alpha: f64,
+        prior_beta: f64,
+        discount: f64,
+        refactor_every: i64,
+        mc_samples: i64,
+        seed: u64,
+        fixed_arm: Option<String>,
+        reward_offset: f64,
+    ) -> PyResult<Self> {
+        let kind = PolicyKind::parse(kind)?;
+        let dim = usize::try_from(dim)
+            .map_err(|_| RustCoreError::invalid("dim", format!("must be >= 1, got {dim}")))?;
+        let mut config = PolicyConfig::new(kind, dim);
+        config.alpha = alpha;
+        config.ridge = ridge;
+        config.epsilon = epsilon;
+        config.ts_scale = ts_scale;
+        config.prior_alpha = prior_alpha;
+        config.prior_beta = prior_beta;
+        config.discount = discount;
+        config.refactor_every = u64::try_from(refactor_every).map_err(|_| {
+            RustCoreError::invalid(
+                "refactor_every",
+                format!("must be >= 1, got {refactor_every}"),
+            )
+        })?;
+        config.mc_samples = u32::try_from(mc_samples).map_err(|_| {
+            RustCoreError::invalid(
+                "mc_samples",
+                format!("must be in [1, 1000000], got {mc_samples}"),
+            )
+        })?;
+        config.seed = seed;
+        config.fixed_arm = fixed_arm;
+        config.reward_offset = reward_offset;
+        let names: Vec<&str> = arms.iter().map(String::as_str).collect();
+        Ok(PyPolicy::wrap(Bandit::new(config, &names)?))
+    }
+
+    /// An instance of `cls` with fields `arm`, `scores`, `propensity`, `uncertainty`.
+    #[pyo3(signature = (cls, features, allowed=None))]
+    fn select<'py>(
+        &self,
+        py: Python<'py>,
+        cls: &Bound<'py, PyType>,
+        features: &Bound<'py, PyArray1<f64>>,
+        allowed: Option<Vec<PyBackedStr>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = Features::copy(features);
+        let names: Option<Vec<&str>> = allowed.as_ref().map(|a| a.iter().map(|s| &**s).collect());
+        let dim_sq = features.len().saturating_mul(features.len());
+        if let Some(mut guard) = self.try_lock() {
+            let n_cand = names.as_ref().map_or(guard.bandit.arms.len(), Vec::len);
+            if dim_sq.saturating_mul(n_cand) <= INLINE_SELECT_WORK {
+                let state = &mut *guard;
+                let sel = state.bandit.select(&x, names.as_deref())?;
+                let py_names = state.names(py);
+                let arm = py_names[sel.arm].clone_ref(py);
+                let scored: Vec<(Py<PyString>, f64)> = sel
+                    .scores
+                    .iter()
+                    .map(|&(i, s)| (py_names[i].clone_ref(py), s))
+                    .collect();
+                // Released before any allocation that may run the garbage collector (and
+                // with it arbitrary finalisers, which might call this policy again).
+                drop(guard);
+                let dict = PyDict::new(py);
+                for (name, score) in scored {
+                    dict.set_item(name, score)?;
+                }
+                return new_selection(
+                    cls,
+                    arm.into_bound(py),
+                    dict,
+                    sel.propensity,
+                    sel.uncertainty,
+                );
+            }
+        }
+        // Arms may change between this closure and the GIL coming back, so the names leave
+        // it as Rust strings.
+        let (arm, scores, propensity, uncertainty) = detached(py, || {
+            let mut state = self.lock();
+            let bandit = &mut state.bandit;
+            let sel = bandit.select(&x, names.as_deref())?;
+            let scores: Vec<(String, f64)> = sel
+                .scores
+                .iter()
+                .map(|&(i, s)| (bandit.arm_name(i).to_owned(), s))
+                .collect();
+            Ok((
+                bandit.arm_name(sel.arm).to_owned(),
+                scores,
+                sel.propensity,
+                sel.uncertainty,
+            ))
+        })?;
+        let dict = PyDict::new(py);
+        for (name, score) in scores {
+            dict.set_item(name, score)?;
+        }
+        new_selection(cls, PyString::new(py, &arm), dict, propensity, uncertainty)
+    }
+
+    /// `reward` and `weight` must be exact floats (else `TypeError`).
+    fn update(
+        &self,
+        py: Python<'_>,
+        arm: &str,
+        features: &Bound<'_, PyArray1<f64>>,
+        reward: &Bound<'_, PyAny>,
+        weight: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let reward = exact_float(reward, "reward")?;
+        let weight = exact_float(weight, "weight")?;
+        let x = Features::copy(features);
+        self.mutate(py, |b| b.update(arm, &x, reward, weight))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reapply(
+        &self,
+        py: Python<'_>,
+        arm: &str,
+        features: &Bound<'_, PyArray1<f64>>,
+        old_reward: f64,
+        old_weight: f64,
+        new_reward: f64,
+        new_weight: f64,
+    ) -> PyResult<()> {
+        let x = Features::copy(features);
+        self.mutate(py, |b| {
+            b.reapply(arm, &x, old_reward, old_weight, new_reward, new_weight)
+        })
+    }
+
+    fn add_arm(&self, py: Python<'_>, arm: &str) -> PyResult<()> {
+        detached(py, || {
+            let mut state = self.lock();
+            state.names_stale = true;
+            state.bandit.add_arm(arm)
+        })
+    }
+
+    fn remove_arm(&self, py: Python<'_>, arm: &str) -> PyResult<()> {
+        detached(py, || {
+            let mut state = self.lock();
+            state.names_stale = true;
+            state.bandit.remove_arm(arm)
+        })
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = detached(py, || Ok(self.lock().bandit.to_bytes()))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        let data = data.to_vec();
+        let bandit = detached(py, || Bandit::from_bytes(&data))?;
+        Ok(PyPolicy::wrap(bandit))
+    }
+
+    fn take_delta<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = detached(py, || Ok(self.lock().bandit.take_delta()))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    fn merge_delta(&self, py: Python<'_>, delta: &[u8]) -> PyResult<()> {
+        let delta = delta.to_vec();
+        detached(py, || {
+            let mut state = self.lock();
+            // A delta may bring arms this replica has not seen.
+            state.names_stale = true;
+            state.bandit.merge_delta(&delta)
+        })
+    }
+
+    /// `{arm: (weight_sum, reward_sum, updates)}`.
+    fn arm_stats(&self, py: Python<'_>) -> Vec<(String, (f64, f64, u64))> {
+        detached(py, || {
+            Ok(self
+                .lock()
+                .bandit
+                .arm_stats()
+                .into_iter()
+                .map(|(n, s)| (n.to_owned(), (s.weight_sum, s.reward_sum, s.updates)))
+                .collect())
+        })
+        .unwrap_or_default()
+    }
+
+    /// `θ` of a linear arm, `None` for the other policies.
+    fn theta<'py>(
+        &self,
+        py: Python<'py>,
+        arm: &str,
+    ) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
+        let theta = detached(py, || {
+            Ok(self.lock().bandit.theta(arm)?.map(<[f64]>::to_vec))
+        })?;
+        Ok(theta.map(|t| PyArray1::from_vec(py, t)))
+    }
+
+    #[getter]
+    fn arms(&self, py: Python<'_>) -> Vec<String> {
+        detached(py, || {
+            Ok(self.lock().bandit.arm_names().map(str::to_owned).collect())
+        })
+        .unwrap_or_default()
+    }
+
+    #[getter]
+    fn version(&self, py: Python<'_>) -> u64 {
+        match self.try_lock() {
+            Some(state) => state.bandit.version(),
+            None => detached(py, || Ok(self.lock().bandit.version())).unwrap_or_default(),
+        }
+    }
+
+    /// The configuration as keyword arguments of the constructor (plus `kind` and `dim`).
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = detached(py, || Ok(self.lock().bandit.config().clone()))?;
+        let d = PyDict::new(py);
+        d.set_item("kind", c.kind.name())?;
+        d.set_item("dim", c.dim)?;
+        d.set_item("alpha", c.alpha)?;
+        d.set_item("ridge", c.ridge)?;
+        d.set_item("epsilon", c.epsilon)?;
+        d.set_item("ts_scale", c.ts_scale)?;
+        d.set_item("prior_alpha", c.prior_alpha)?;
+        d.set_item("prior_beta", c.prior_beta)?;
+        d.set_item("discount", c.discount)?;
+        d.set_item("refactor_every", c.refactor_every)?;
+        d.set_item("mc_samples", c.mc_samples)?;
+        d.set_item("seed", c.seed)?;
+        d.set_item("fixed_arm", c.fixed_arm)?;
+        d.set_item("reward_offset", c.reward_offset)?;
+        Ok(d)
+    }
+}
