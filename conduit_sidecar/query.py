@@ -20,14 +20,17 @@ PREFERENCES = ("balanced", "quality", "cost", "speed")
 
 
 def new_query_id() -> str:
-    """A random (version 4) UUID as 32 hex digits, like `uuid.uuid4().hex`.
+    """A version 7 UUID (RFC 9562) as 32 hex digits: a 48-bit Unix time in milliseconds,
+    then 74 random bits.
 
-    Built from os.urandom directly: every routed query needs one, and going through
-    `uuid.UUID` costs several times more.
+    Time-ordered on purpose: the durable stores index pending queries by id, and random
+    (version 4) ids put every insert on a different B-tree page, so a group commit of ten
+    decisions wrote ten scattered index pages; consecutive v7 ids share the rightmost ones.
+    Built from os.urandom directly: going through `uuid.UUID` costs several times more.
     """
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
     return raw.hex()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 
 import pytest
@@ -31,14 +32,20 @@ def test_query_defaults_and_generated_ids() -> None:
     assert Query(text="x", query_id="mine").query_id == "mine"
 
 
-def test_generated_ids_are_uuid4_hex() -> None:
-    ids = {new_query_id() for _ in range(1000)}
-    assert len(ids) == 1000
-    for value in list(ids)[:50]:
+def test_generated_ids_are_time_ordered_uuid7_hex() -> None:
+    before_ms = time.time_ns() // 1_000_000
+    ids = [new_query_id() for _ in range(1000)]
+    after_ms = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 1000
+    for value in ids[:50]:
         parsed = uuid.UUID(hex=value)
-        assert parsed.version == 4
+        assert parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
         assert parsed.hex == value
+        assert before_ms <= int(value[:12], 16) <= after_ms
+    # Ordered to the millisecond: the stores' id indexes grow at one end.
+    stamps = [int(value[:12], 16) for value in ids]
+    assert stamps == sorted(stamps)
 
 
 def test_no_constraints_keep_everything() -> None:
