@@ -326,49 +326,69 @@ pub unsafe fn rank1(m: &mut [f64], alpha: f64, u: &[f64]) {
 
 /// `M += Σ_k c_k·u_k u_kᵀ` on the packed f64 matrix (the `n` vectors `u_k` row-major in `us`,
 /// each of length `dim`), writing the f32 mirror (if not empty) in the same pass. Each
-/// 4-wide chunk of a row is loaded and stored once for all `n` terms.
+/// 4-wide chunk of a row is loaded and stored once for all `n` terms; two chunks go together
+/// so each broadcast coefficient serves both. Rows go last to first, as in [`rank1`], and the
+/// row tail is a masked vector step.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn rank_k_mirror(m: &mut [f64], mirror: &mut [f32], cs: &[f64], us: &[f64]) {
     let n = cs.len();
     let dim = us.len().checked_div(n).unwrap_or(0);
+    assert!(n <= 16 && m.len() >= dim * (dim + 1) / 2);
     let mirrored = !mirror.is_empty();
-    let mut coef = [0.0f64; 16];
-    let mut off = 0;
-    for i in 0..dim {
+    if mirrored {
+        assert!(mirror.len() >= dim * (dim + 1) / 2);
+    }
+    let (pm, pmr, pus) = (m.as_mut_ptr(), mirror.as_mut_ptr(), us.as_ptr());
+    let mut coef = [_mm256_setzero_pd(); 16];
+    let mut off = dim * (dim + 1) / 2;
+    for i in (0..dim).rev() {
         let len = dim - i;
+        off -= len;
         for k in 0..n {
-            coef[k] = cs[k] * us[k * dim + i];
+            coef[k] = _mm256_set1_pd(cs[k] * *pus.add(k * dim + i));
         }
-        let pr = m.as_mut_ptr().add(off);
-        let pu = us.as_ptr().add(i);
+        let (pr, pu) = (pm.add(off), pus.add(i));
         let mut j = 0;
-        while j + 4 <= len {
+        while j + 8 <= len {
+            let mut acc0 = _mm256_loadu_pd(pr.add(j));
+            let mut acc1 = _mm256_loadu_pd(pr.add(j + 4));
+            for (k, c) in coef[..n].iter().enumerate() {
+                let u = pu.add(k * dim + j);
+                acc0 = _mm256_fmadd_pd(*c, _mm256_loadu_pd(u), acc0);
+                acc1 = _mm256_fmadd_pd(*c, _mm256_loadu_pd(u.add(4)), acc1);
+            }
+            _mm256_storeu_pd(pr.add(j), acc0);
+            _mm256_storeu_pd(pr.add(j + 4), acc1);
+            if mirrored {
+                _mm_storeu_ps(pmr.add(off + j), _mm256_cvtpd_ps(acc0));
+                _mm_storeu_ps(pmr.add(off + j + 4), _mm256_cvtpd_ps(acc1));
+            }
+            j += 8;
+        }
+        if j + 4 <= len {
             let mut acc = _mm256_loadu_pd(pr.add(j));
             for (k, c) in coef[..n].iter().enumerate() {
-                acc = _mm256_fmadd_pd(
-                    _mm256_set1_pd(*c),
-                    _mm256_loadu_pd(pu.add(k * dim + j)),
-                    acc,
-                );
+                acc = _mm256_fmadd_pd(*c, _mm256_loadu_pd(pu.add(k * dim + j)), acc);
             }
             _mm256_storeu_pd(pr.add(j), acc);
             if mirrored {
-                _mm_storeu_ps(mirror.as_mut_ptr().add(off + j), _mm256_cvtpd_ps(acc));
+                _mm_storeu_ps(pmr.add(off + j), _mm256_cvtpd_ps(acc));
             }
             j += 4;
         }
-        while j < len {
-            let mut v = *pr.add(j);
+        if j < len {
+            let rem = len - j;
+            let mk = tail_mask(rem);
+            let mut acc = _mm256_maskload_pd(pr.add(j), mk);
             for (k, c) in coef[..n].iter().enumerate() {
-                v = c.mul_add(*pu.add(k * dim + j), v);
+                acc = _mm256_fmadd_pd(*c, _mm256_maskload_pd(pu.add(k * dim + j), mk), acc);
             }
-            *pr.add(j) = v;
+            _mm256_maskstore_pd(pr.add(j), mk, acc);
             if mirrored {
-                mirror[off + j] = v as f32;
+                let m32 = _mm_loadu_si128(TAIL_MASKS_32[rem].as_ptr().cast());
+                _mm_maskstore_ps(pmr.add(off + j), m32, _mm256_cvtpd_ps(acc));
             }
-            j += 1;
         }
-        off += len;
     }
 }
 
