@@ -9,6 +9,7 @@
 //! held, so the two locks cannot deadlock). Every larger call releases the GIL around the
 //! math, and a thread waiting for the policy waits with the GIL released.
 
+use std::mem::MaybeUninit;
 use std::ops::Deref;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
@@ -43,7 +44,8 @@ const STACK_FEATURES: usize = 256;
 /// on the stack for the length of one call, in place of a heap allocation.
 #[allow(clippy::large_enum_variant)]
 enum Features {
-    Stack([f64; STACK_FEATURES], usize),
+    /// The first `usize` entries are initialised.
+    Stack([MaybeUninit<f64>; STACK_FEATURES], usize),
     Heap(Vec<f64>),
 }
 
@@ -53,8 +55,11 @@ impl Features {
         // slice is only read, immediately.
         match unsafe { features.as_slice() } {
             Ok(s) if s.len() <= STACK_FEATURES => {
-                let mut buf = [0.0; STACK_FEATURES];
-                buf[..s.len()].copy_from_slice(s);
+                // Not zeroed first: only the copied prefix is ever read.
+                let mut buf = [MaybeUninit::<f64>::uninit(); STACK_FEATURES];
+                for (b, v) in buf.iter_mut().zip(s) {
+                    b.write(*v);
+                }
                 Features::Stack(buf, s.len())
             }
             Ok(s) => Features::Heap(s.to_vec()),
@@ -68,7 +73,11 @@ impl Deref for Features {
     type Target = [f64];
     fn deref(&self) -> &[f64] {
         match self {
-            Features::Stack(buf, n) => &buf[..*n],
+            // SAFETY: the first `n` entries were written in `copy`, and `MaybeUninit<f64>`
+            // has the layout of `f64`.
+            Features::Stack(buf, n) => unsafe {
+                &*(std::ptr::from_ref(&buf[..*n]) as *const [f64])
+            },
             Features::Heap(v) => v,
         }
     }
@@ -269,25 +278,21 @@ impl PyPolicy {
         let x = Features::copy(features);
         let names: Option<Vec<&str>> = allowed.as_ref().map(|a| a.iter().map(|s| &**s).collect());
         let dim_sq = features.len().saturating_mul(features.len());
+        // Created before the policy is locked: allocating a container may run the garbage
+        // collector, and with it arbitrary finalisers, which might call this policy again.
+        // Filling it (str keys with cached hashes, float values) runs no Python code.
+        let dict = PyDict::new(py);
         if let Some(mut guard) = self.try_lock() {
             let n_cand = names.as_ref().map_or(guard.bandit.arms.len(), Vec::len);
             if dim_sq.saturating_mul(n_cand) <= INLINE_SELECT_WORK {
                 let state = &mut *guard;
                 let sel = state.bandit.select(&x, names.as_deref())?;
                 let py_names = state.names(py);
-                let arm = py_names[sel.arm].clone_ref(py);
-                let scored: Vec<(Py<PyString>, f64)> = sel
-                    .scores
-                    .iter()
-                    .map(|&(i, s)| (py_names[i].clone_ref(py), s))
-                    .collect();
-                // Released before any allocation that may run the garbage collector (and
-                // with it arbitrary finalisers, which might call this policy again).
-                drop(guard);
-                let dict = PyDict::new(py);
-                for (name, score) in scored {
-                    dict.set_item(name, score)?;
+                for &(i, score) in &sel.scores {
+                    dict.set_item(py_names[i].bind(py), score)?;
                 }
+                let arm = py_names[sel.arm].clone_ref(py);
+                drop(guard);
                 return new_selection(
                     cls,
                     arm.into_bound(py),
@@ -315,7 +320,6 @@ impl PyPolicy {
                 sel.uncertainty,
             ))
         })?;
-        let dict = PyDict::new(py);
         for (name, score) in scores {
             dict.set_item(name, score)?;
         }
