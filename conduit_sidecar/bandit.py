@@ -1,7 +1,9 @@
 """Typed wrapper over the Rust core; the only module that imports ``conduit_sidecar._core``.
 
 Everything above this layer uses these names (docs/ARCHITECTURE.md, layer 1). The native
-policy is thread-safe and releases the GIL around the math; this module only converts types.
+policy is thread-safe and releases the GIL around the math, except for calls so small (a few
+microseconds: select at d=64 with up to 16 arms, update up to d=128) that handing the
+interpreter to another thread would cost more; this module only converts types.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ def _number(value: object, field: str) -> float:
 
 
 class BanditPolicy:
-    """A contextual-bandit policy over named arms (thread-safe; the GIL is released)."""
+    """A contextual-bandit policy over named arms (thread-safe; the GIL is released around
+    all but the smallest calls)."""
 
     __slots__ = ("_config", "_policy")
 
