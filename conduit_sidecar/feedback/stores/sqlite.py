@@ -85,6 +85,12 @@ CREATE TABLE IF NOT EXISTS marks (
     mark TEXT NOT NULL,
     PRIMARY KEY (query_id, key)
 ) WITHOUT ROWID;
+-- A buffered decision that reuses an expired query id replaces that row through the upsert
+-- in `_log_many`; its old marks go with it here, instead of a DELETE per logged decision.
+CREATE TRIGGER IF NOT EXISTS queries_replaced AFTER UPDATE OF created_at ON queries
+BEGIN
+    DELETE FROM marks WHERE query_id = NEW.query_id;
+END;
 CREATE TABLE IF NOT EXISTS feedback_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event TEXT NOT NULL
@@ -231,17 +237,13 @@ class SqliteFeedbackStore(FeedbackStore):
     def _log_many(
         self, conn: sqlite3.Connection, items: list[tuple[str, str, str | None, float]]
     ) -> None:
-        """`log_decision` for a run of buffered decisions: two statements for all of them.
+        """`log_decision` for a run of buffered decisions: one statement for all of them.
 
         Same effect as `op` above for each in turn: a live entry is left as is; an expired
-        one is replaced (accumulators reset) and its marks go with it.
+        one is replaced (accumulators reset) and its marks go with it (the
+        `queries_replaced` trigger).
         """
         now = time.time()
-        conn.executemany(
-            "DELETE FROM marks WHERE query_id = ? AND EXISTS (SELECT 1 FROM queries"
-            " WHERE query_id = ? AND expires_at <= ?)",
-            [(qid, qid, now) for qid, _, _, _ in items],
-        )
         conn.executemany(
             "INSERT INTO queries (query_id, decision, session_id, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (query_id) DO UPDATE SET"
