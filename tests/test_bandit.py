@@ -283,6 +283,22 @@ def test_large_and_small_selections_agree() -> None:
     assert part.scores == {a: full.scores[a] for a in arms[:6]}
 
 
+def test_selection_split_across_two_threads_agrees() -> None:
+    # d=386 with 16 arms reads more than 4 MiB of inverses: the quadratic forms are split
+    # between the calling thread and a helper thread. With 14 allowed arms they are not.
+    rng = np.random.default_rng(13)
+    arms = [f"m{i}" for i in range(16)]
+    policy = BanditPolicy(PolicyConfig(dim=386, seed=2), arms)
+    for i in range(48):
+        policy.update(arms[i % 16], unit(rng, 386), float(rng.uniform()))
+    for _ in range(3):
+        x = unit(rng, 386)
+        full = policy.select(x)
+        part = policy.select(x, arms[:14])
+        assert part.scores == {a: full.scores[a] for a in arms[:14]}
+        assert full.scores[full.arm] == max(full.scores.values())
+
+
 # ---------------------------------------------------------------- state
 
 

@@ -11,6 +11,7 @@ pub mod features;
 pub mod kernels;
 pub mod linalg;
 pub mod linear;
+mod parallel;
 mod policies;
 pub mod policy;
 pub mod snapshot;
