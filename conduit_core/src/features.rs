@@ -60,37 +60,65 @@ pub fn text_prefix(text: &str) -> &str {
     &text[..end]
 }
 
-fn code_markers(text: &str) -> usize {
-    const PATTERNS: [&str; 7] = ["```", "def ", "class ", "fn ", "import ", "#include", "=>"];
-    let words: usize = PATTERNS.iter().map(|p| text.matches(p).count()).sum();
-    let punct = text
-        .bytes()
-        .filter(|b| matches!(b, b'{' | b'}' | b';'))
-        .count();
-    words + punct
+/// Counts of the metadata markers, all gathered in one pass over the bytes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Markers {
+    code: usize,
+    math: usize,
+    questions: usize,
 }
 
-fn math_markers(text: &str) -> usize {
+/// Code words counted like `str::matches` (non-overlapping, left to right); only the
+/// backtick fence can overlap itself, the others cannot, so only it needs a skip.
+const CODE_WORDS: [&[u8]; 7] = [
+    b"```",
+    b"def ",
+    b"class ",
+    b"fn ",
+    b"import ",
+    b"#include",
+    b"=>",
+];
+/// Math symbols outside ASCII; a char can only be one of them if it is not ASCII.
+const MATH_SYMBOLS: [char; 8] = ['∑', '∫', '√', 'π', '∞', '≤', '≥', '≠'];
+
+fn markers(text: &str) -> Markers {
     let bytes = text.as_bytes();
-    let mut count = 0;
+    let digit_at = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_digit);
+    let mut m = Markers::default();
+    let mut fence_free_from = 0;
     for (i, &b) in bytes.iter().enumerate() {
         match b {
-            b'$' | b'\\' => count += 1,
-            b'+' | b'-' | b'*' | b'/' | b'^' | b'=' | b'<' | b'>' | b'%' => {
-                let near_digit = |j: Option<usize>| {
-                    j.and_then(|j| bytes.get(j))
-                        .is_some_and(|c| c.is_ascii_digit())
-                };
-                let before = near_digit(i.checked_sub(1)) || near_digit(i.checked_sub(2));
-                let after = near_digit(Some(i + 1)) || near_digit(Some(i + 2));
-                if before || after {
-                    count += 1;
-                }
-            }
+            b'{' | b'}' | b';' => m.code += 1,
+            b'?' => m.questions += 1,
+            b'$' | b'\\' => m.math += 1,
             _ => {}
         }
+        if matches!(
+            b,
+            b'+' | b'-' | b'*' | b'/' | b'^' | b'=' | b'<' | b'>' | b'%'
+        ) {
+            let before = (i >= 1 && digit_at(i - 1)) || (i >= 2 && digit_at(i - 2));
+            if before || digit_at(i + 1) || digit_at(i + 2) {
+                m.math += 1;
+            }
+        }
+        if matches!(b, b'`' | b'd' | b'c' | b'f' | b'i' | b'#' | b'=') {
+            let rest = &bytes[i..];
+            for (k, word) in CODE_WORDS.iter().enumerate() {
+                if rest.starts_with(word) && (k != 0 || i >= fence_free_from) {
+                    m.code += 1;
+                    if k == 0 {
+                        fence_free_from = i + word.len();
+                    }
+                }
+            }
+        }
     }
-    count + text.chars().filter(|c| "∑∫√π∞≤≥≠".contains(*c)).count()
+    if !text.is_ascii() {
+        m.math += text.chars().filter(|c| MATH_SYMBOLS.contains(c)).count();
+    }
+    m
 }
 
 impl FeatureHasher {
@@ -123,10 +151,11 @@ impl FeatureHasher {
         out.fill(0.0);
         out[0] = 1.0;
         let chars = text.chars().count();
+        let m = markers(text);
         out[1] = (1.0 + chars as f64).ln() / (1.0 + MAX_TEXT_BYTES as f64).ln();
-        out[2] = (1.0 + code_markers(text) as f64).ln();
-        out[3] = (1.0 + math_markers(text) as f64).ln();
-        out[4] = (1.0 + text.bytes().filter(|b| *b == b'?').count() as f64).ln();
+        out[2] = (1.0 + m.code as f64).ln();
+        out[3] = (1.0 + m.math as f64).ln();
+        out[4] = (1.0 + m.questions as f64).ln();
 
         let buckets = (self.dim - META) as u64;
         let mut add = |h: u64| {
@@ -149,7 +178,14 @@ impl FeatureHasher {
             word.clear();
         };
         for c in text.chars() {
-            if c.is_alphanumeric() || c == '_' {
+            if c.is_ascii() {
+                // The common case, without the Unicode tables.
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    word.push(c.to_ascii_lowercase());
+                } else {
+                    flush(&mut word, &mut prev);
+                }
+            } else if c.is_alphanumeric() {
                 word.extend(c.to_lowercase());
             } else {
                 flush(&mut word, &mut prev);
@@ -198,6 +234,79 @@ mod tests {
         let huge = "é".repeat(200_000);
         let v = h.featurize(&huge);
         assert!(v.iter().all(|x| x.is_finite()));
+    }
+
+    /// The markers as first written (one pass per pattern): the single-pass scanner must
+    /// count exactly the same, or every deployed model's inputs would shift.
+    fn reference_markers(text: &str) -> Markers {
+        const PATTERNS: [&str; 7] = ["```", "def ", "class ", "fn ", "import ", "#include", "=>"];
+        let words: usize = PATTERNS.iter().map(|p| text.matches(p).count()).sum();
+        let punct = text
+            .bytes()
+            .filter(|b| matches!(b, b'{' | b'}' | b';'))
+            .count();
+        let bytes = text.as_bytes();
+        let mut math = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'$' | b'\\' => math += 1,
+                b'+' | b'-' | b'*' | b'/' | b'^' | b'=' | b'<' | b'>' | b'%' => {
+                    let near = |j: Option<usize>| {
+                        j.and_then(|j| bytes.get(j))
+                            .is_some_and(|c| c.is_ascii_digit())
+                    };
+                    if near(i.checked_sub(1))
+                        || near(i.checked_sub(2))
+                        || near(Some(i + 1))
+                        || near(Some(i + 2))
+                    {
+                        math += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        math += text.chars().filter(|c| "∑∫√π∞≤≥≠".contains(*c)).count();
+        Markers {
+            code: words + punct,
+            math,
+            questions: text.bytes().filter(|b| *b == b'?').count(),
+        }
+    }
+
+    #[test]
+    fn one_pass_markers_equal_the_reference() {
+        for text in [
+            "",
+            "````` ``` ``",
+            "def f(x): return x+1; class A {} fn main() => 2*3 #include <x>",
+            "import numpy; 1 + 1 = 2? $x$ \\frac ∑ π≤3 ≠ 4 ???",
+            "a-b 7- -7 x^2 10%",
+            "é∞ëdef\u{00A0}import café?",
+        ] {
+            assert_eq!(markers(text), reference_markers(text), "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_markers_equal_the_reference_on_any_text(
+            text in "[`dcfi#=>{};?$\\\\+*/^<%0-9a-z ∑π≤é\u{00A0}-]{0,40}"
+        ) {
+            proptest::prop_assert_eq!(markers(&text), reference_markers(&text));
+        }
+    }
+
+    #[test]
+    fn the_ascii_fast_path_matches_the_unicode_rules() {
+        for b in 0u8..128 {
+            let c = char::from(b);
+            assert_eq!(c.is_ascii_alphanumeric(), c.is_alphanumeric(), "{c:?}");
+            assert_eq!(
+                c.to_lowercase().collect::<String>(),
+                c.to_ascii_lowercase().to_string()
+            );
+        }
     }
 
     #[test]
