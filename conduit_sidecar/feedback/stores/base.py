@@ -77,6 +77,8 @@ def not_found(query_id: str) -> NotFound:
 
 
 def check_ttl(ttl_s: float) -> float:
+    if type(ttl_s) is float and 0.0 < ttl_s < math.inf:  # every call on the hot paths
+        return ttl_s
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float):
         raise TypeError(f"ttl_seconds must be a number, got {ttl_s!r}")
     if not math.isfinite(ttl_s) or ttl_s <= 0:

@@ -11,7 +11,6 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from conduit_sidecar.feedback.events import FeedbackEvent
 from conduit_sidecar.feedback.observation import Accumulators, Contribution, accumulate
@@ -33,12 +32,16 @@ from conduit_sidecar.query import RoutingDecision
 _NO_OBSERVATION = Accumulators()
 
 
-@dataclass
 class _Entry:
-    decision: RoutingDecision
-    expires_at: float
-    acc: Accumulators = _NO_OBSERVATION
-    marks: dict[str, Mark] = field(default_factory=dict)
+    # A plain slotted class: one is built per Route, and a dataclass with a default
+    # factory costs twice as much to construct.
+    __slots__ = ("acc", "decision", "expires_at", "marks")
+
+    def __init__(self, decision: RoutingDecision, expires_at: float) -> None:
+        self.decision = decision
+        self.expires_at = expires_at
+        self.acc: Accumulators = _NO_OBSERVATION
+        self.marks: dict[str, Mark] = {}
 
 
 class InMemoryFeedbackStore(FeedbackStore):
@@ -101,7 +104,7 @@ class InMemoryFeedbackStore(FeedbackStore):
             oldest = next(iter(self._entries))
             self._drop(oldest)
             self.evicted += 1
-        entry = _Entry(decision=decision, expires_at=now + ttl_s)
+        entry = _Entry(decision, now + ttl_s)
         self._entries[decision.query_id] = entry
         heapq.heappush(self._expiry, (entry.expires_at, decision.query_id))
         if decision.session_id is not None:
