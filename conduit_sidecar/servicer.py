@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import json_format
-
 from ._proto import conduit_pb2 as _pb
 from ._proto import conduit_pb2_grpc as _pb_grpc
 from .errors import InvalidArgument, Unavailable
@@ -49,7 +47,31 @@ def _ttl(message: Any) -> float | None:
 
 def _payload(message: Any) -> dict[str, Any]:
     # Struct numbers are doubles on the wire; the adapters accept 5.0 for a rating of 5.
-    return json_format.MessageToDict(message.payload) if message.HasField("payload") else {}
+    return _struct(message.payload) if message.HasField("payload") else {}
+
+
+def _struct(struct: Any) -> dict[str, Any]:
+    """A google.protobuf.Struct as the dict `json_format.MessageToDict` gives, in a quarter
+    of the instructions (every RecordFeedback converts one)."""
+    return {key: _value(value) for key, value in struct.fields.items()}
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument("payload", f"numbers must be finite, got {number}")
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _struct(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    return None  # null_value, or a Value with no kind set (as MessageToDict reads it)
 
 
 def _constraints(request: _pb.RouteRequest) -> Constraints | None:

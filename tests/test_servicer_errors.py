@@ -277,3 +277,23 @@ def test_locked_sqlite_store_is_unavailable_then_recovers(tmp_path: Path) -> Non
             assert stub.Route(pb.RouteRequest(text="works again")).selected_model
     finally:
         assert server.terminate() == 0
+
+
+def test_struct_payloads_read_as_message_to_dict_reads_them() -> None:
+    from google.protobuf import json_format, struct_pb2
+
+    from conduit_sidecar.servicer import _struct
+
+    payload = struct_pb2.Struct()
+    payload.update(
+        {
+            "value": "up",
+            "rating": 5,
+            "ok": True,
+            "none": None,
+            "nested": {"a": [1, "x", False, None, {"b": 2.5}], "empty": {}},
+            "list": [],
+        }
+    )
+    payload.fields["unset"].CopyFrom(struct_pb2.Value())  # a Value with no kind
+    assert _struct(payload) == json_format.MessageToDict(payload)
