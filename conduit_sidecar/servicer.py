@@ -166,7 +166,10 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
             reasoning=decision.reasoning,
             policy_version=decision.policy_version,
         )
-        response.scores.update(decision.scores)
+        # A plain loop: the map's update() is MutableMapping's, with more Python per entry.
+        scores = response.scores
+        for model, score in decision.scores.items():
+            scores[model] = score
         weights, fixed = response.reward_weights, decision.reward_weights
         weights.quality, weights.cost, weights.latency = fixed.quality, fixed.cost, fixed.latency
         if request.include_features:
