@@ -7,6 +7,7 @@
 //! calls from many Python threads serialise on the policy, never on the interpreter; the
 //! smallest policy calls run with the GIL held (see `policy`).
 
+mod convert;
 mod policy;
 
 use numpy::PyArray1;
