@@ -39,6 +39,11 @@ class Policy:
     def select(
         self, cls: type[_T], features: NDArray[np.float64], allowed: Sequence[str] | None = None
     ) -> _T: ...
+    # Featurise text and select in one call: (arm, scores, propensity, uncertainty,
+    # runner_up, margin, features, version); runner_up None and margin inf without one.
+    def route(
+        self, hasher: FeatureHasher, text: str, allowed: Sequence[str] | None = None
+    ) -> tuple[str, dict[str, float], float, float, str | None, float, list[float], int]: ...
     # reward and weight must be exact floats (an int, a bool or a NumPy scalar is a TypeError).
     def update(
         self, arm: str, features: NDArray[np.float64], reward: float, weight: float

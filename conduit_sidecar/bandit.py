@@ -26,6 +26,7 @@ __all__ = [
     "Features",
     "PolicyConfig",
     "PolicyKind",
+    "Routed",
     "Selection",
 ]
 
@@ -120,6 +121,12 @@ def _number(value: object, field: str) -> float:
     return float(value)
 
 
+# BanditPolicy.route: (arm, scores, propensity, uncertainty, runner_up, margin, features,
+# version). runner_up is the first best-scored other candidate (None if there is none) and
+# margin the chosen arm's score minus its score (+inf without one).
+Routed = tuple[str, dict[str, float], float, float, str | None, float, list[float], int]
+
+
 class BanditPolicy:
     """A contextual-bandit policy over named arms (thread-safe; the GIL is released around
     all but the smallest calls)."""
@@ -182,6 +189,17 @@ class BanditPolicy:
             return self._policy.select(Selection, features, names)  # type: ignore[arg-type]
         except TypeError:
             return self._policy.select(Selection, _features(features), names)
+
+    def route(
+        self, hasher: FeatureHasher, text: str, allowed: Sequence[str] | None = None
+    ) -> Routed:
+        """`hasher.featurize(text)` then `select` in one native call (the Router's hot path):
+        what `select` says plus the runner-up, the score margin over it, the features as a
+        list and the policy version (see `Routed`)."""
+        if not isinstance(text, str):
+            raise CoreError(f"text: must be a string, got {type(text).__name__}")
+        names = None if allowed is None else _arm_names(allowed, "allowed")
+        return self._policy.route(hasher._hasher, text, names)
 
     def update(self, arm: str, features: Features, reward: float, weight: float = 1.0) -> None:
         try:

@@ -63,33 +63,36 @@ class _Tally:
         self.latency_s_sum = 0.0
 
 
-def _confidence(scores: dict[str, float], arm: str, uncertainty: float) -> tuple[float, float, str]:
-    """How sure the policy is that `arm` is the best candidate: (confidence, margin, runner-up).
-
-    z = (score of arm - best other score) / posterior width of arm; confidence interpolates
-    from 1/k (z = 0: a coin toss among k candidates) to 1 (z >> 0) and towards 0 when the
-    policy explored a lower-scored arm (z < 0). For two candidates this is Phi(z).
-    """
-    k = len(scores)
-    if k <= 1:
-        return 1.0, math.inf, ""
-    chosen = scores[arm]
-    # The first best-scored other arm (a plain loop is cheaper than max() over a copy).
-    runner_up, second = "", -math.inf
+def _runner_up(scores: dict[str, float], arm: str) -> tuple[str | None, float]:
+    """The first best-scored other candidate and the chosen arm's margin over it (what the
+    native `BanditPolicy.route` returns; this is for features given by the caller)."""
+    runner_up, second = None, -math.inf
     for name, score in scores.items():
         if score > second and name != arm:
             runner_up, second = name, score
-    margin = chosen - second
+    return runner_up, (scores[arm] - second if runner_up is not None else math.inf)
+
+
+def _confidence(candidates: int, margin: float, uncertainty: float) -> float:
+    """How sure the policy is that the chosen model is the best candidate.
+
+    z = (score of the choice - best other score) / posterior width of the choice; confidence
+    interpolates from 1/k (z = 0: a coin toss among k candidates) to 1 (z >> 0) and towards 0
+    when the policy explored a lower-scored arm (z < 0). For two candidates this is Phi(z).
+    """
+    if candidates <= 1:
+        return 1.0
+    base = 1.0 / candidates
     if not math.isfinite(margin):
-        # An unexplored arm scored +inf (UCB1): an exploration step, not certainty.
-        return 1.0 / k, margin, runner_up
+        # No other candidate scored above -inf, or an unexplored arm scored +inf (UCB1):
+        # an exploration step, not certainty.
+        return base
     if uncertainty > 0.0:
         z = margin / uncertainty
     else:
         z = math.copysign(math.inf, margin) if margin else 0.0
-    base = 1.0 / k
     confidence = base + (1.0 - base) * math.erf(z / _SQRT2)
-    return min(1.0, max(0.0, confidence)), margin, runner_up
+    return min(1.0, max(0.0, confidence))
 
 
 class Router:
@@ -216,27 +219,32 @@ class Router:
         if len(text) > MAX_TEXT_CHARS:
             raise InvalidArgument("text", f"{len(text)} characters; the limit is {MAX_TEXT_CHARS}")
         weights = self._weights(query)
-        if query.features is None:
-            x = self._hasher.featurize(text)
-        else:
-            x = self.check_features(query.features, "features")
         note = ""
         allowed: list[str] | None = None
         if query.constraints is not None:
             eligible, note = query.constraints.eligible(self._specs, text)
             if len(eligible) < len(self._specs):  # else the policy's own full list is cheaper
                 allowed = eligible
-        selection = self.policy.select(x, allowed)
-        arm = selection.arm
-        scores = selection.scores
-        confidence, margin, runner_up = _confidence(scores, arm, selection.uncertainty)
-        if runner_up:
+        if query.features is None:
+            # Featurise, select, runner-up and margin in one native call.
+            arm, scores, propensity, uncertainty, runner_up, margin, features, version = (
+                self.policy.route(self._hasher, text, allowed)
+            )
+        else:
+            x = self.check_features(query.features, "features")
+            selection = self.policy.select(x, allowed)
+            arm, scores = selection.arm, selection.scores
+            propensity, uncertainty = selection.propensity, selection.uncertainty
+            runner_up, margin = _runner_up(scores, arm)
+            features, version = x.tolist(), self.policy.version
+        confidence = _confidence(len(scores), margin, uncertainty)
+        if runner_up is not None:
             why = f"margin {margin:.3g} over {runner_up}"
         else:
             why = "the only eligible model"
         reasoning = (
             f"{self._kind}: {arm} (score {scores[arm]:.3g}, {why}, "
-            f"uncertainty {selection.uncertainty:.3g}); "
+            f"uncertainty {uncertainty:.3g}); "
             f"{len(scores)} of {len(self._specs)} models eligible{note}"
         )
         self._tally[arm].selections += 1
@@ -245,11 +253,11 @@ class Router:
             query_id=query_id if query_id is not None else new_query_id(),
             selected_model=arm,
             confidence=confidence,
-            features=x.tolist(),
+            features=features,
             scores=scores,
-            propensity=selection.propensity,
+            propensity=propensity,
             reasoning=reasoning,
-            policy_version=self.policy.version,
+            policy_version=version,
             reward_weights=weights,
             session_id=query.session_id,
             user_id=query.user_id,

@@ -7,6 +7,7 @@ fail nor lose an update."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from conduit_sidecar.bandit import (
     ArmStats,
     BanditPolicy,
     CoreError,
+    FeatureHasher,
     PolicyConfig,
     PolicyKind,
     Selection,
@@ -586,3 +588,42 @@ def test_long_native_calls_release_the_gil() -> None:
     worker.join()
     assert iterations >= 50, f"main thread ran only {iterations} iterations during the merge"
     assert target.arm_stats()["a"].updates == 1
+
+
+@pytest.mark.parametrize("text", ["a short query", "long " * 2000])  # inline and detached
+def test_route_is_featurize_then_select_in_one_call(text: str) -> None:
+    arms = ["a", "b", "c"]
+    one, two = BanditPolicy(PolicyConfig(dim=32), arms), BanditPolicy(PolicyConfig(dim=32), arms)
+    hasher = FeatureHasher(32)
+    for i in range(20):
+        x = hasher.featurize(f"warm-up {i}")
+        for policy in (one, two):
+            policy.update(arms[i % 3], x, 0.3 * (i % 3))
+    arm, scores, propensity, uncertainty, runner_up, margin, features, version = one.route(
+        hasher, text, ["a", "c"]
+    )
+    sel = two.select(hasher.featurize(text), ["a", "c"])
+    assert (arm, scores, propensity, uncertainty) == (
+        sel.arm,
+        sel.scores,
+        sel.propensity,
+        sel.uncertainty,
+    )
+    other = "c" if arm == "a" else "a"
+    assert runner_up == other and margin == scores[arm] - scores[other]
+    assert features == hasher.featurize(text).tolist() and version == one.version
+    only = one.route(hasher, text, ["b"])
+    assert only[4] is None and only[5] == math.inf
+
+
+def test_route_refuses_bad_input_and_changes_nothing() -> None:
+    policy = BanditPolicy(PolicyConfig(dim=16), ["a", "b"])
+    hasher = FeatureHasher(16)
+    version = policy.version
+    with pytest.raises(CoreError, match="nope"):
+        policy.route(hasher, "text", ["nope"])
+    with pytest.raises(CoreError, match="text"):
+        policy.route(hasher, 42, None)  # type: ignore[arg-type]
+    with pytest.raises(CoreError, match="features"):
+        policy.route(FeatureHasher(8), "text", None)  # a hasher of another dimension
+    assert policy.version == version

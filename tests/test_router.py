@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conduit_sidecar import Query, Router
-from conduit_sidecar.bandit import PolicyConfig
+from conduit_sidecar.bandit import FeatureHasher, PolicyConfig
 from conduit_sidecar.errors import InvalidArgument, NoEligibleModel
 from conduit_sidecar.models import ModelSpec, default_catalogue
 from conduit_sidecar.query import Constraints
 from conduit_sidecar.reward import PRESETS, RewardWeights, compose_reward
-from conduit_sidecar.router import MAX_TEXT_CHARS, _confidence
+from conduit_sidecar.router import MAX_TEXT_CHARS, _confidence, _runner_up
 
 CHEAP = ModelSpec("cheap", "test", 0.1, 0.4, 0.8, 0.5)
 MID = ModelSpec("mid", "test", 1.0, 4.0, 2.0, 0.7)
@@ -250,17 +250,44 @@ async def test_max_latency_and_combined_constraints() -> None:
     assert "max_latency_s=1 removed ['mid', 'strong']" in str(info.value)
 
 
+def confidence(scores: dict[str, float], arm: str, uncertainty: float) -> float:
+    _, margin = _runner_up(scores, arm)
+    return _confidence(len(scores), margin, uncertainty)
+
+
 def test_confidence_formula() -> None:
-    assert _confidence({"a": 0.3}, "a", 0.5)[0] == 1.0
-    assert _confidence({"a": 0.5, "b": 0.5}, "a", 0.2)[0] == pytest.approx(0.5)
-    assert _confidence({"a": 0.5, "b": 0.5, "c": 0.5}, "a", 0.2)[0] == pytest.approx(1 / 3)
-    high, margin, runner_up = _confidence({"a": 0.9, "b": 0.5}, "a", 0.1)
-    assert high > 0.99 and margin == pytest.approx(0.4) and runner_up == "b"
-    wide = _confidence({"a": 0.9, "b": 0.5}, "a", 2.0)[0]
-    assert 0.5 < wide < high  # same margin, wider posterior: less sure
-    assert _confidence({"a": 0.4, "b": 0.5}, "a", 0.1)[0] < 0.5  # an exploration step
-    assert _confidence({"a": math.inf, "b": 0.5}, "a", 0.0)[0] == 0.5
-    assert _confidence({"a": 0.6, "b": 0.5}, "a", 0.0)[0] == 1.0
+    assert confidence({"a": 0.3}, "a", 0.5) == 1.0
+    assert confidence({"a": 0.5, "b": 0.5}, "a", 0.2) == pytest.approx(0.5)
+    assert confidence({"a": 0.5, "b": 0.5, "c": 0.5}, "a", 0.2) == pytest.approx(1 / 3)
+    assert _runner_up({"a": 0.9, "b": 0.5}, "a") == ("b", pytest.approx(0.4))
+    assert _runner_up({"a": 0.9}, "a") == (None, math.inf)
+    high = confidence({"a": 0.9, "b": 0.5}, "a", 0.1)
+    wide = confidence({"a": 0.9, "b": 0.5}, "a", 2.0)
+    assert high > 0.99 and 0.5 < wide < high  # same margin, wider posterior: less sure
+    assert confidence({"a": 0.4, "b": 0.5}, "a", 0.1) < 0.5  # an exploration step
+    assert confidence({"a": math.inf, "b": 0.5}, "a", 0.0) == 0.5
+    assert confidence({"a": 0.6, "b": 0.5}, "a", 0.0) == 1.0
+
+
+@pytest.mark.parametrize("policy", ["linucb", "lin_ts", "ucb1", "epsilon_greedy"])
+def test_the_native_route_decides_as_featurize_then_select(policy: str) -> None:
+    """Router.decide's one native call (featurise + select + runner-up) and the two-call path
+    for caller features agree, decision for decision, on twin routers."""
+    native, twin = Router(policy=policy, seed=3), Router(policy=policy, seed=3)
+    hasher = FeatureHasher(native.feature_dim)
+    for i in range(40):
+        text = f"query number {i} about {'code' if i % 3 else 'poetry'}"
+        a = native.decide(Query(text=text))
+        b = twin.decide(Query(text=text, features=list(hasher.featurize(text))))
+        assert a.features == b.features and a.scores == b.scores
+        assert (a.selected_model, a.propensity, a.confidence) == (
+            b.selected_model,
+            b.propensity,
+            b.confidence,
+        )
+        assert a.reasoning == b.reasoning and a.policy_version == b.policy_version
+        for router, decision in ((native, a), (twin, b)):
+            router.apply_observation(decision.selected_model, decision.features, None, (0.7, 1.0))
 
 
 async def test_confidence_grows_as_the_policy_learns() -> None:

@@ -223,10 +223,51 @@ pub struct Selection {
     pub uncertainty: f64,
 }
 
+impl Selection {
+    /// The first candidate other than the chosen arm with the highest score, and that
+    /// score; None when the chosen arm was the only candidate or every other score is
+    /// -inf or NaN. What a router reports as "the alternative it passed over".
+    pub fn runner_up(&self) -> Option<(usize, f64)> {
+        let mut best: Option<(usize, f64)> = None;
+        for &(i, score) in &self.scores {
+            if i != self.arm && score > best.map_or(f64::NEG_INFINITY, |(_, s)| s) {
+                best = Some((i, score));
+            }
+        }
+        best
+    }
+}
+
 /// Per-arm totals reported to callers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ArmStats {
     pub weight_sum: f64,
     pub reward_sum: f64,
     pub updates: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Selection;
+
+    fn sel(arm: usize, scores: &[(usize, f64)]) -> Selection {
+        Selection {
+            arm,
+            scores: scores.to_vec(),
+            propensity: 1.0,
+            uncertainty: 0.0,
+        }
+    }
+
+    #[test]
+    fn runner_up_is_the_first_best_other_candidate() {
+        let four = [(0, 0.2), (1, 0.9), (2, 0.5), (3, 0.5)];
+        assert_eq!(sel(1, &four).runner_up(), Some((2, 0.5)));
+        assert_eq!(sel(0, &[(0, 0.1), (2, 0.7)]).runner_up(), Some((2, 0.7)));
+        assert_eq!(sel(3, &[(3, 0.4)]).runner_up(), None);
+        let minus_inf = [(0, 1.0), (1, f64::NEG_INFINITY)];
+        assert_eq!(sel(0, &minus_inf).runner_up(), None);
+        let plus_inf = [(0, 1.0), (1, f64::INFINITY)];
+        assert_eq!(sel(0, &plus_inf).runner_up(), Some((1, f64::INFINITY)));
+    }
 }

@@ -17,11 +17,12 @@ use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use super::convert::{exact_float, new_selection, Features};
-use super::detached;
+use super::{detached, PyFeatureHasher};
 use crate::bandit::Bandit;
 use crate::error::CoreError as RustCoreError;
 use crate::policy::{PolicyConfig, PolicyKind};
 
+mod route;
 /// Largest `dim² × candidates` a `select` runs with the GIL held: a few microseconds of
 /// math (d = 64 with up to 16 arms, d = 16 with up to 256).
 const INLINE_SELECT_WORK: usize = 1 << 16;
@@ -213,6 +214,22 @@ impl PyPolicy {
             dict.set_item(name, score)?;
         }
         new_selection(cls, PyString::new(py, &arm), dict, propensity, uncertainty)
+    }
+
+    /// The router's whole decision in one call: featurise `text` with `hasher`, then select
+    /// among `allowed` (None: every arm). Returns `(arm, scores, propensity, uncertainty,
+    /// runner_up, margin, features, version)`: `runner_up` is the best-scored other candidate
+    /// (None if there is none), `margin` the chosen score minus its score (+inf without
+    /// one), `features` the vector as a list of floats, `version` the policy version.
+    #[pyo3(signature = (hasher, text, allowed=None))]
+    fn route<'py>(
+        &self,
+        py: Python<'py>,
+        hasher: &PyFeatureHasher,
+        text: &str,
+        allowed: Option<Vec<PyBackedStr>>,
+    ) -> PyResult<route::Routed<'py>> {
+        route::route(self, py, hasher, text, allowed)
     }
 
     /// `reward` and `weight` must be exact floats (else `TypeError`).
