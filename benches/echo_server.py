@@ -1,6 +1,7 @@
 """The ceiling for bench_grpc.py: a bare grpc.aio server whose unary method `Echo` returns
 its request bytes untouched (no protobuf, no interceptors, no application code), configured
-like the sidecar (same message size options, so_reuseport off).
+like the sidecar (same message size options, so_reuseport off, same garbage-collector
+settings).
 
 A second method, `Proto`, is a diagnostic: it parses a conduit.v1.RouteRequest and returns a
 constant, realistic RouteResponse (11 scores), so `Echo` -> `Proto` is the cost of protobuf
@@ -70,6 +71,10 @@ async def serve(listen: str) -> None:
     )
     port = server.add_insecure_port(listen)
     await server.start()
+    # The sidecar's serving process tunes the garbage collector; so does its ceiling.
+    from conduit_sidecar.server import tune_gc
+
+    tune_gc()
     print(f"echo listening on {listen.rpartition(':')[0]}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -277,3 +277,18 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     assert any(m.startswith("serving conduit.v1.ConduitService on 127.0.0.1:") for m in messages)
     assert any(m.startswith("stopped after") for m in messages)
     assert {"ts", "level", "logger", "msg"} <= set(entries[0])
+
+
+def test_the_serving_process_tunes_the_garbage_collector() -> None:
+    import gc
+
+    from conduit_sidecar.server import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # start-up objects are out of every collection
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
