@@ -138,14 +138,16 @@ class SidecarServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        # Without a metrics endpoint nobody can read the per-RPC series: don't pay for them.
+        metrics = self.metrics if self.config.metrics_port is not None else None
         servicer = ConduitServicer(
             self.app.router,
             self.app.collector,
             max_text_chars=self.config.max_text_chars,
-            observe_rpc=self.metrics.observe_rpc,
-            on_selected=self.metrics.selected,
-            on_feedback=self.metrics.feedback_recorded,
-            on_reward=self.metrics.rewarded,
+            observe_rpc=metrics.observe_rpc if metrics else None,
+            on_selected=metrics.selected if metrics else None,
+            on_feedback=metrics.feedback_recorded if metrics else None,
+            on_reward=metrics.rewarded if metrics else None,
         )
         add_conduit_service(servicer, server)
         generic_only = GenericHandlersOnly(server)
