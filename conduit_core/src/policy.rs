@@ -224,17 +224,21 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// The first candidate other than the chosen arm with the highest score, and that
-    /// score; None when the chosen arm was the only candidate or every other score is
-    /// -inf or NaN. What a router reports as "the alternative it passed over".
+    /// The first candidate other than the chosen arm with the highest score, and the chosen
+    /// arm's score minus that score (its margin); None when the chosen arm was the only
+    /// candidate or every other score is -inf or NaN. What a router reports as "the
+    /// alternative it passed over".
     pub fn runner_up(&self) -> Option<(usize, f64)> {
         let mut best: Option<(usize, f64)> = None;
+        let mut chosen = f64::NAN;
         for &(i, score) in &self.scores {
-            if i != self.arm && score > best.map_or(f64::NEG_INFINITY, |(_, s)| s) {
+            if i == self.arm {
+                chosen = score;
+            } else if score > best.map_or(f64::NEG_INFINITY, |(_, s)| s) {
                 best = Some((i, score));
             }
         }
-        best
+        best.map(|(i, score)| (i, chosen - score))
     }
 }
 
@@ -262,12 +266,15 @@ mod tests {
     #[test]
     fn runner_up_is_the_first_best_other_candidate() {
         let four = [(0, 0.2), (1, 0.9), (2, 0.5), (3, 0.5)];
-        assert_eq!(sel(1, &four).runner_up(), Some((2, 0.5)));
-        assert_eq!(sel(0, &[(0, 0.1), (2, 0.7)]).runner_up(), Some((2, 0.7)));
+        assert_eq!(sel(1, &four).runner_up(), Some((2, 0.9 - 0.5)));
+        assert_eq!(
+            sel(0, &[(0, 0.1), (2, 0.7)]).runner_up(),
+            Some((2, 0.1 - 0.7))
+        );
         assert_eq!(sel(3, &[(3, 0.4)]).runner_up(), None);
         let minus_inf = [(0, 1.0), (1, f64::NEG_INFINITY)];
         assert_eq!(sel(0, &minus_inf).runner_up(), None);
         let plus_inf = [(0, 1.0), (1, f64::INFINITY)];
-        assert_eq!(sel(0, &plus_inf).runner_up(), Some((1, f64::INFINITY)));
+        assert_eq!(sel(0, &plus_inf).runner_up(), Some((1, f64::NEG_INFINITY)));
     }
 }

@@ -20,7 +20,7 @@ use super::convert::{exact_float, new_selection, Features};
 use super::{detached, PyFeatureHasher};
 use crate::bandit::Bandit;
 use crate::error::CoreError as RustCoreError;
-use crate::policy::{PolicyConfig, PolicyKind};
+use crate::policy::{PolicyConfig, PolicyKind, Selection};
 
 mod route;
 /// Largest `dim² × candidates` a `select` runs with the GIL held: a few microseconds of
@@ -53,6 +53,17 @@ impl State {
         }
         &self.names
     }
+}
+
+/// The chosen arm's name and every candidate's `(name, score)` as Rust strings, for the
+/// paths that select with the GIL released (the cached Python names may change meanwhile).
+fn owned_names(bandit: &Bandit, sel: &Selection) -> (String, Vec<(String, f64)>) {
+    let scores = sel
+        .scores
+        .iter()
+        .map(|&(i, s)| (bandit.arm_name(i).to_owned(), s))
+        .collect();
+    (bandit.arm_name(sel.arm).to_owned(), scores)
 }
 
 /// A contextual-bandit policy (see `conduit_sidecar.bandit.BanditPolicy`).
@@ -198,17 +209,8 @@ impl PyPolicy {
             let mut state = self.lock();
             let bandit = &mut state.bandit;
             let sel = bandit.select(&x, names.as_deref())?;
-            let scores: Vec<(String, f64)> = sel
-                .scores
-                .iter()
-                .map(|&(i, s)| (bandit.arm_name(i).to_owned(), s))
-                .collect();
-            Ok((
-                bandit.arm_name(sel.arm).to_owned(),
-                scores,
-                sel.propensity,
-                sel.uncertainty,
-            ))
+            let (arm, scores) = owned_names(bandit, &sel);
+            Ok((arm, scores, sel.propensity, sel.uncertainty))
         })?;
         for (name, score) in scores {
             dict.set_item(name, score)?;

@@ -5,7 +5,7 @@ use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyDict, PyList, PyString};
 
 use super::super::{detached, PyFeatureHasher, DETACH_TEXT_BYTES};
-use super::{PyPolicy, INLINE_SELECT_WORK};
+use super::{owned_names, PyPolicy, INLINE_SELECT_WORK};
 use crate::features::text_prefix;
 
 /// `(arm, scores, propensity, uncertainty, runner_up, margin, features, version)`.
@@ -52,13 +52,8 @@ pub(super) fn route<'py>(
             dict.set_item(py_names[i].bind(py), score)?;
         }
         let arm = py_names[sel.arm].clone_ref(py);
-        let chosen = sel
-            .scores
-            .iter()
-            .find(|(i, _)| *i == sel.arm)
-            .map_or(0.0, |s| s.1);
         let (runner_up, margin) = match sel.runner_up() {
-            Some((i, score)) => (Some(py_names[i].clone_ref(py)), chosen - score),
+            Some((i, margin)) => (Some(py_names[i].clone_ref(py)), margin),
             None => (None, f64::INFINITY),
         };
         return Ok((
@@ -76,22 +71,13 @@ pub(super) fn route<'py>(
         let mut state = policy.lock();
         let bandit = &mut state.bandit;
         let sel = bandit.select(&x, names.as_deref())?;
-        let scores: Vec<(String, f64)> = sel
-            .scores
-            .iter()
-            .map(|&(i, s)| (bandit.arm_name(i).to_owned(), s))
-            .collect();
-        let chosen = sel
-            .scores
-            .iter()
-            .find(|(i, _)| *i == sel.arm)
-            .map_or(0.0, |s| s.1);
+        let (arm, scores) = owned_names(bandit, &sel);
         let (runner_up, margin) = match sel.runner_up() {
-            Some((i, score)) => (Some(bandit.arm_name(i).to_owned()), chosen - score),
+            Some((i, margin)) => (Some(bandit.arm_name(i).to_owned()), margin),
             None => (None, f64::INFINITY),
         };
         Ok((
-            bandit.arm_name(sel.arm).to_owned(),
+            arm,
             scores,
             sel.propensity,
             sel.uncertainty,
