@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from conduit_sidecar.bandit import BanditPolicy, CoreError, FeatureHasher, PolicyConfig, PolicyKind
+from conduit_sidecar.confidence import best_other, choice_confidence
 from conduit_sidecar.errors import InvalidArgument
 from conduit_sidecar.models import (
     ModelSpec,
@@ -36,7 +37,6 @@ from conduit_sidecar.reward import (
 MAX_TEXT_CHARS = 100_000
 POLICY_KINDS: tuple[str, ...] = get_args(PolicyKind)
 _DEFAULT_DIM = 64
-_SQRT2 = math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
@@ -61,38 +61,6 @@ class _Tally:
         self.outcomes = 0
         self.cost_usd_sum = 0.0
         self.latency_s_sum = 0.0
-
-
-def _runner_up(scores: dict[str, float], arm: str) -> tuple[str | None, float]:
-    """The first best-scored other candidate and the chosen arm's margin over it (what the
-    native `BanditPolicy.route` returns; this is for features given by the caller)."""
-    runner_up, second = None, -math.inf
-    for name, score in scores.items():
-        if score > second and name != arm:
-            runner_up, second = name, score
-    return runner_up, (scores[arm] - second if runner_up is not None else math.inf)
-
-
-def _confidence(candidates: int, margin: float, uncertainty: float) -> float:
-    """How sure the policy is that the chosen model is the best candidate.
-
-    z = (score of the choice - best other score) / posterior width of the choice; confidence
-    interpolates from 1/k (z = 0: a coin toss among k candidates) to 1 (z >> 0) and towards 0
-    when the policy explored a lower-scored arm (z < 0). For two candidates this is Phi(z).
-    """
-    if candidates <= 1:
-        return 1.0
-    base = 1.0 / candidates
-    if not math.isfinite(margin):
-        # No other candidate scored above -inf, or an unexplored arm scored +inf (UCB1):
-        # an exploration step, not certainty.
-        return base
-    if uncertainty > 0.0:
-        z = margin / uncertainty
-    else:
-        z = math.copysign(math.inf, margin) if margin else 0.0
-    confidence = base + (1.0 - base) * math.erf(z / _SQRT2)
-    return min(1.0, max(0.0, confidence))
 
 
 class Router:
@@ -235,9 +203,9 @@ class Router:
             selection = self.policy.select(x, allowed)
             arm, scores = selection.arm, selection.scores
             propensity, uncertainty = selection.propensity, selection.uncertainty
-            runner_up, margin = _runner_up(scores, arm)
+            runner_up, margin = best_other(scores, arm)
             features, version = x.tolist(), self.policy.version
-        confidence = _confidence(len(scores), margin, uncertainty)
+        confidence = choice_confidence(len(scores), margin, uncertainty)
         if runner_up is not None:
             why = f"margin {margin:.3g} over {runner_up}"
         else:

@@ -14,7 +14,7 @@ from conduit_sidecar.errors import InvalidArgument, NoEligibleModel
 from conduit_sidecar.models import ModelSpec, default_catalogue
 from conduit_sidecar.query import Constraints
 from conduit_sidecar.reward import PRESETS, RewardWeights, compose_reward
-from conduit_sidecar.router import MAX_TEXT_CHARS, _confidence, _runner_up
+from conduit_sidecar.router import MAX_TEXT_CHARS
 
 CHEAP = ModelSpec("cheap", "test", 0.1, 0.4, 0.8, 0.5)
 MID = ModelSpec("mid", "test", 1.0, 4.0, 2.0, 0.7)
@@ -248,25 +248,6 @@ async def test_max_latency_and_combined_constraints() -> None:
         )
     assert "excluded_models removed ['cheap']" in str(info.value)
     assert "max_latency_s=1 removed ['mid', 'strong']" in str(info.value)
-
-
-def confidence(scores: dict[str, float], arm: str, uncertainty: float) -> float:
-    _, margin = _runner_up(scores, arm)
-    return _confidence(len(scores), margin, uncertainty)
-
-
-def test_confidence_formula() -> None:
-    assert confidence({"a": 0.3}, "a", 0.5) == 1.0
-    assert confidence({"a": 0.5, "b": 0.5}, "a", 0.2) == pytest.approx(0.5)
-    assert confidence({"a": 0.5, "b": 0.5, "c": 0.5}, "a", 0.2) == pytest.approx(1 / 3)
-    assert _runner_up({"a": 0.9, "b": 0.5}, "a") == ("b", pytest.approx(0.4))
-    assert _runner_up({"a": 0.9}, "a") == (None, math.inf)
-    high = confidence({"a": 0.9, "b": 0.5}, "a", 0.1)
-    wide = confidence({"a": 0.9, "b": 0.5}, "a", 2.0)
-    assert high > 0.99 and 0.5 < wide < high  # same margin, wider posterior: less sure
-    assert confidence({"a": 0.4, "b": 0.5}, "a", 0.1) < 0.5  # an exploration step
-    assert confidence({"a": math.inf, "b": 0.5}, "a", 0.0) == 0.5
-    assert confidence({"a": 0.6, "b": 0.5}, "a", 0.0) == 1.0
 
 
 @pytest.mark.parametrize("policy", ["linucb", "lin_ts", "ucb1", "epsilon_greedy"])
