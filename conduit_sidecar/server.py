@@ -272,10 +272,13 @@ async def serve(config: SidecarConfig) -> None:
     """Builds the app from `config`, serves until SIGTERM, then shuts down cleanly."""
     app = await SidecarApp.create(config)
     server = SidecarServer(config, app)
+    # Before start(): a collection takes a moment, and once start() has announced the port
+    # nothing may come between it and installing the SIGTERM handler (a supervisor may
+    # signal right away).
+    tune_gc()
     try:
         await server.start()
     except BaseException:
         await app.close()
         raise
-    tune_gc()
     await server.serve_until_stopped()
