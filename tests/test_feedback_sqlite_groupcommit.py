@@ -152,6 +152,28 @@ async def test_buffered_decisions_keep_live_entries_and_replace_expired_ones(
         await store.close()
 
 
+async def test_a_commit_mode_decision_replaces_an_expired_one_and_its_marks(
+    tmp_path: Path,
+) -> None:
+    store = SqliteFeedbackStore(tmp_path / "f.db", decision_durability="commit")
+    collector = make_collector(store)
+    try:
+        (old,) = await decisions(1)
+        await collector.log_decision(old, ttl_seconds=0.2)
+        await collector.track(old.query_id, cost=0.001, ttl_seconds=0.2)
+        await collector.record(FeedbackEvent(old.query_id, "thumbs", {"value": "up"}))
+        await asyncio.sleep(0.3)  # `old` expires
+        renewed = dataclasses.replace(old, reasoning="logged again")
+        assert await store.log_decision(renewed, 60.0)
+        fresh = await store.get(old.query_id)
+        assert fresh is not None and fresh.decision == renewed
+        assert fresh.accumulators.quality_den == 0 and fresh.accumulators.cost_usd is None
+        again = await collector.record(FeedbackEvent(old.query_id, "thumbs", {"value": "up"}))
+        assert not again.duplicate  # the expired entry's marks went with it
+    finally:
+        await store.close()
+
+
 _CHILD = r"""
 import asyncio, sys
 from conduit_sidecar import Query, Router

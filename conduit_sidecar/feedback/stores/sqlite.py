@@ -85,8 +85,8 @@ CREATE TABLE IF NOT EXISTS marks (
     mark TEXT NOT NULL,
     PRIMARY KEY (query_id, key)
 ) WITHOUT ROWID;
--- A buffered decision that reuses an expired query id replaces that row through the upsert
--- in `_log_many`; its old marks go with it here, instead of a DELETE per logged decision.
+-- A decision that reuses an expired query id replaces that row through _UPSERT_DECISION;
+-- its old marks go with it here, instead of a DELETE per logged decision.
 CREATE TRIGGER IF NOT EXISTS queries_replaced AFTER UPDATE OF created_at ON queries
 BEGIN
     DELETE FROM marks WHERE query_id = NEW.query_id;
@@ -101,6 +101,16 @@ CREATE TABLE IF NOT EXISTS signal_counts (
 );
 """
 
+# Logs a decision: a live entry with the same id is left as is; an expired one is replaced
+# with its accumulators reset (and its marks deleted by the `queries_replaced` trigger).
+_UPSERT_DECISION = (
+    "INSERT INTO queries (query_id, decision, session_id, created_at, expires_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (query_id) DO UPDATE SET"
+    " decision = excluded.decision, session_id = excluded.session_id,"
+    " created_at = excluded.created_at, expires_at = excluded.expires_at,"
+    " quality_num = 0, quality_den = 0, weight = 0, cost_usd = NULL, latency_s = NULL"
+    " WHERE queries.expires_at <= excluded.created_at"
+)
 _COLUMNS = "decision, expires_at, quality_num, quality_den, weight, cost_usd, latency_s"
 # Expired rows are invisible at once and deleted in batches every this many writes.
 _PURGE_EVERY = 256
@@ -197,12 +207,9 @@ class SqliteFeedbackStore(FeedbackStore):
     def _insert(
         conn: sqlite3.Connection, decision: RoutingDecision, text: str, now: float, ttl_s: float
     ) -> None:
-        # An expired row with the same id is replaced, and its marks with it.
-        conn.execute("DELETE FROM marks WHERE query_id = ?", (decision.query_id,))
+        # An expired row with the same id is replaced (its marks go with it, by the trigger).
         conn.execute(
-            "INSERT OR REPLACE INTO queries (query_id, decision, session_id, created_at,"
-            " expires_at) VALUES (?, ?, ?, ?, ?)",
-            (decision.query_id, text, decision.session_id, now, now + ttl_s),
+            _UPSERT_DECISION, (decision.query_id, text, decision.session_id, now, now + ttl_s)
         )
 
     # The interface.
@@ -245,12 +252,7 @@ class SqliteFeedbackStore(FeedbackStore):
         """
         now = time.time()
         conn.executemany(
-            "INSERT INTO queries (query_id, decision, session_id, created_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (query_id) DO UPDATE SET"
-            " decision = excluded.decision, session_id = excluded.session_id,"
-            " created_at = excluded.created_at, expires_at = excluded.expires_at,"
-            " quality_num = 0, quality_den = 0, weight = 0, cost_usd = NULL, latency_s = NULL"
-            " WHERE queries.expires_at <= excluded.created_at",
+            _UPSERT_DECISION,
             [(qid, text, sid, now, now + ttl_s) for qid, text, sid, ttl_s in items],
         )
         self._maybe_purge(conn, now, len(items))
