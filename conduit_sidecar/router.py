@@ -250,6 +250,17 @@ class Router:
 
     def check_features(self, features: Sequence[float], field: str) -> NDArray[np.float64]:
         """A caller's feature vector as float64, refusing a wrong length or non-finite value."""
+        if type(features) is list and len(features) == self.feature_dim:
+            # The usual input (a request's features, a logged decision's on every feedback):
+            # a finite sum proves every value finite, and packing beats NumPy's generic
+            # sequence conversion by 2x. Anything else takes the checks below.
+            try:
+                finite = math.isfinite(sum(features))
+                packed = struct.pack(f"<{len(features)}d", *features)
+            except (TypeError, struct.error):
+                finite = False
+            if finite:
+                return np.frombuffer(packed, dtype=np.float64)
         if isinstance(features, str | bytes):
             raise InvalidArgument(field, "must be a sequence of numbers")
         try:
@@ -263,20 +274,6 @@ class Router:
         if not np.isfinite(x).all():
             raise InvalidArgument(field, "values must be finite")
         return x
-
-    def _logged_features(self, features: Sequence[float]) -> NDArray[np.float64]:
-        """`check_features` for the list of floats a logged decision carries, which every
-        feedback call converts: a finite sum proves every value finite, and packing beats
-        numpy's generic sequence conversion by 2x. Anything else takes the full checks."""
-        if type(features) is list and len(features) == self.feature_dim:
-            try:
-                finite = math.isfinite(sum(features))
-                packed = struct.pack(f"<{len(features)}d", *features)
-            except (TypeError, struct.error):
-                finite = False
-            if finite:
-                return np.frombuffer(packed, dtype=np.float64)
-        return self.check_features(features, "features")
 
     # ----------------------------------------------------------------- learning
 
@@ -322,7 +319,7 @@ class Router:
         weight of an observation never decreases, so the policy only gains positive rank-1
         terms."""
         self.model(model_id)
-        x = self._logged_features(features)
+        x = self.check_features(features, "features")
         new_reward, new_weight = _pair(new, "new")
         if old is None:
             if new_weight > 0.0:
