@@ -270,34 +270,31 @@ def test_selected_names_follow_arm_changes() -> None:
     assert "new" in policy.arms
 
 
-def test_large_and_small_selections_agree() -> None:
-    # d=100 with 8 arms runs with the GIL released, with 6 allowed arms it runs inline:
-    # the scores the two paths give for the same arms must be identical.
-    rng = np.random.default_rng(9)
-    arms = [f"m{i}" for i in range(8)]
-    policy = BanditPolicy(PolicyConfig(dim=100, seed=1), arms)
-    for i in range(64):
-        policy.update(arms[i % 8], unit(rng, 100), float(rng.uniform()))
-    x = unit(rng, 100)
-    full = policy.select(x)
-    part = policy.select(x, arms[:6])
-    assert set(full.scores) == set(arms)
-    assert part.scores == {a: full.scores[a] for a in arms[:6]}
-
-
-def test_selection_split_across_two_threads_agrees() -> None:
-    # d=386 with 16 arms reads more than 4 MiB of inverses: the quadratic forms are split
-    # between the calling thread and a helper thread. With 14 allowed arms they are not.
-    rng = np.random.default_rng(13)
-    arms = [f"m{i}" for i in range(16)]
-    policy = BanditPolicy(PolicyConfig(dim=386, seed=2), arms)
-    for i in range(48):
-        policy.update(arms[i % 16], unit(rng, 386), float(rng.uniform()))
-    for _ in range(3):
-        x = unit(rng, 386)
+@pytest.mark.parametrize(
+    ("dim", "n_arms", "allowed", "updates", "rounds"),
+    [
+        # d=100 with 8 arms runs with the GIL released, with 6 allowed arms it runs inline.
+        (100, 8, 6, 64, 1),
+        # d=386 with 16 arms reads more than 4 MiB of inverses: the quadratic forms are split
+        # between the calling thread and a helper thread. With 14 allowed arms they are not.
+        (386, 16, 14, 48, 3),
+    ],
+)
+def test_the_selection_paths_agree(
+    dim: int, n_arms: int, allowed: int, updates: int, rounds: int
+) -> None:
+    # The scores the two paths give for the same arms must be identical.
+    rng = np.random.default_rng(dim)
+    arms = [f"m{i}" for i in range(n_arms)]
+    policy = BanditPolicy(PolicyConfig(dim=dim, seed=1), arms)
+    for i in range(updates):
+        policy.update(arms[i % n_arms], unit(rng, dim), float(rng.uniform()))
+    for _ in range(rounds):
+        x = unit(rng, dim)
         full = policy.select(x)
-        part = policy.select(x, arms[:14])
-        assert part.scores == {a: full.scores[a] for a in arms[:14]}
+        part = policy.select(x, arms[:allowed])
+        assert set(full.scores) == set(arms)
+        assert part.scores == {a: full.scores[a] for a in arms[:allowed]}
         assert full.scores[full.arm] == max(full.scores.values())
 
 
