@@ -2,11 +2,11 @@
 
 A frozen dataclass's generated `__init__` sets each field through `object.__setattr__`
 (frozen classes refuse plain assignment), which makes a five-field record cost about 1.5 us
-to build, three times a plain class. Track and feedback build half a dozen such records per
-call (accumulators, contributions, marks, results), so on the sidecar's hot path that was
-several microseconds per RPC. The replacement writes the fields straight into the instance
-`__dict__`: same signature, defaults, default factories and `__post_init__`, and the class
-stays frozen (assignment after construction still raises).
+to build, twice what this one costs (`benches/micro_python.py`). Track and feedback build
+half a dozen such records per call (accumulators, contributions, marks, results). The
+replacement writes the fields straight into the instance `__dict__`: same signature,
+defaults, default factories and `__post_init__`, and the class stays frozen (assignment
+after construction still raises).
 """
 
 from __future__ import annotations

@@ -51,8 +51,8 @@ def _payload(message: Any) -> dict[str, Any]:
 
 
 def _struct(struct: Any) -> dict[str, Any]:
-    """A google.protobuf.Struct as the dict `json_format.MessageToDict` gives, in a quarter
-    of the instructions (every RecordFeedback converts one)."""
+    """A google.protobuf.Struct as the dict `json_format.MessageToDict` gives, without its
+    generic descriptor walk (every RecordFeedback converts one; benches/micro_python.py)."""
     return {key: _value(value) for key, value in struct.fields.items()}
 
 
