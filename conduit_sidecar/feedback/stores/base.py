@@ -14,6 +14,7 @@ Semantics shared by all backends (the contract suite in tests/test_stores.py che
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -186,12 +187,7 @@ def decision_to_json(decision: RoutingDecision) -> str:
     # Written by hand: the generic encoder costs ~8 us for these few strings (most of a
     # Route's store work), and the model list is the same for nearly every decision.
     models = tuple(scores)
-    models_json = _MODELS_JSON.get(models)
-    if models_json is None:
-        models_json = _ENCODER.encode(list(models))
-        if len(_MODELS_JSON) >= 256:
-            _MODELS_JSON.clear()
-        _MODELS_JSON[models] = models_json
+    models_json = _models_json(models)
     metadata = decision.metadata
     return "".join(
         (
@@ -220,7 +216,9 @@ def decision_to_json(decision: RoutingDecision) -> str:
     )
 
 
-_MODELS_JSON: dict[tuple[str, ...], str] = {}
+@functools.lru_cache(maxsize=256)
+def _models_json(models: tuple[str, ...]) -> str:
+    return _ENCODER.encode(list(models))
 
 
 def _json(value: object) -> str:
@@ -233,18 +231,9 @@ def _json(value: object) -> str:
 
 # Validating RewardWeights costs more than the rest of a decode, and nearly every decision
 # carries one of a few weight triples (the presets): decoded ones are shared (they are frozen).
-_WEIGHTS: dict[tuple[float, float, float], RewardWeights] = {}
-
-
+@functools.lru_cache(maxsize=256)
 def _weights(quality: float, cost: float, latency: float) -> RewardWeights:
-    key = (quality, cost, latency)
-    weights = _WEIGHTS.get(key)
-    if weights is None:
-        weights = RewardWeights(quality, cost, latency)
-        if len(_WEIGHTS) >= 256:
-            _WEIGHTS.clear()
-        _WEIGHTS[key] = weights
-    return weights
+    return RewardWeights(quality, cost, latency)
 
 
 def decision_from_json(text: str | bytes) -> RoutingDecision:
