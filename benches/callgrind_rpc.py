@@ -180,37 +180,32 @@ def _client(port: int, pid: int, echo: bool) -> None:
 
 def server(echo: bool, tmp: Path) -> float:
     out = tmp / ("echo.out" if echo else "sidecar.out")
-    with socket_port() as port:
-        if echo:
-            argv = [sys.executable, str(ROOT / "benches" / "echo_server.py")]
-            argv += ["--listen", f"127.0.0.1:{port}"]
-        else:
-            argv = [sys.executable, "-m", "conduit_sidecar", "serve"]
-            argv += ["--listen", f"127.0.0.1:{port}", "--store-url", "memory://"]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        proc = subprocess.Popen(
-            _callgrind(argv, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            _client(port, proc.pid, echo)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=120)
+    port = free_port()
+    if echo:
+        argv = [sys.executable, str(ROOT / "benches" / "echo_server.py")]
+        argv += ["--listen", f"127.0.0.1:{port}"]
+    else:
+        argv = [sys.executable, "-m", "conduit_sidecar", "serve"]
+        argv += ["--listen", f"127.0.0.1:{port}", "--store-url", "memory://"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen(
+        _callgrind(argv, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _client(port, proc.pid, echo)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
     return _total(out) / 1000
 
 
-class socket_port:
+def free_port() -> int:
     """A free loopback port (released before the server binds it)."""
+    import socket
 
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def main() -> int:
