@@ -4,6 +4,11 @@
 # dependencies, and the Rust core built into it with maturin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# rustup installs the toolchain into ~/.cargo/bin, which a shell without the user's profile
+# (cron, env -i, some CI runners) does not have on PATH.
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)

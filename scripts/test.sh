@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+# rustup installs the toolchain into ~/.cargo/bin, which a shell without the user's profile
+# (cron, env -i, some CI runners) does not have on PATH.
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+# runuser (PostgreSQL is run as its own user when the tests run as root) is in sbin, which
+# a non-root default PATH leaves out.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 echo "== setup"
 bash scripts/setup.sh
