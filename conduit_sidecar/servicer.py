@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from .router import Router
 
 
+_ROUTE_TEXT = _pb.RouteRequest.DESCRIPTOR.fields_by_name["text"]
+
+
 def _weights(message: _pb.RewardWeights) -> RewardWeights:
     return RewardWeights(message.quality, message.cost, message.latency)
 
@@ -119,30 +122,44 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
         self._on_reward = on_reward
         self._unlogged_warned_at = -math.inf
 
+    def _text_too_long(self, text: str) -> InvalidArgument:
+        return InvalidArgument(
+            "text", f"too long: {len(text)} characters, limit {self.max_text_chars}"
+        )
+
     @grpc_method
     async def Route(self, request: _pb.RouteRequest, context: Any) -> _pb.RouteResponse:
-        # Each read of a proto string field builds a new str: read the text once.
-        text = request.text
-        if len(text) > self.max_text_chars:
-            raise InvalidArgument(
-                "text", f"too long: {len(text)} characters, limit {self.max_text_chars}"
+        # Reading a field costs about as much as listing the set ones, and the usual request
+        # sets only the text: one ListFields() instead of eleven reads (value identical).
+        present = request.ListFields()
+        if len(present) == 1 and present[0][0] is _ROUTE_TEXT:
+            text = present[0][1]
+            if len(text) > self.max_text_chars:
+                raise self._text_too_long(text)
+            query = Query(text)
+            ttl_s = None
+            include_features = False
+        else:
+            text = request.text  # each read of a proto string field builds a new str
+            if len(text) > self.max_text_chars:
+                raise self._text_too_long(text)
+            constraints = _constraints(request)
+            ttl_s = _ttl(request)
+            query = Query(
+                text=text,
+                session_id=request.session_id or None,
+                user_id=request.user_id or None,
+                # Converting an empty repeated or map field still costs a microsecond or so.
+                metadata=dict(request.metadata) if request.metadata else {},
+                features=list(request.features) if request.features else None,
+                preference=request.preference or None,
+                reward_weights=(
+                    _weights(request.reward_weights) if request.HasField("reward_weights") else None
+                ),
+                constraints=constraints,
+                query_id=request.query_id or None,
             )
-        constraints = _constraints(request)
-        ttl_s = _ttl(request)
-        query = Query(
-            text=text,
-            session_id=request.session_id or None,
-            user_id=request.user_id or None,
-            # Converting an empty repeated or map field still costs a microsecond or so.
-            metadata=dict(request.metadata) if request.metadata else {},
-            features=list(request.features) if request.features else None,
-            preference=request.preference or None,
-            reward_weights=(
-                _weights(request.reward_weights) if request.HasField("reward_weights") else None
-            ),
-            constraints=constraints,
-            query_id=request.query_id or None,
-        )
+            include_features = request.include_features
         decision: RoutingDecision = self.router.decide(query)  # route() without a coroutine
         try:
             await self.collector.log_decision(decision, ttl_seconds=ttl_s)
@@ -172,7 +189,7 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
             scores[model] = score
         weights, fixed = response.reward_weights, decision.reward_weights
         weights.quality, weights.cost, weights.latency = fixed.quality, fixed.cost, fixed.latency
-        if request.include_features:
+        if include_features:
             response.features.extend(decision.features)
         return response
 

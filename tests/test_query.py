@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
+import os
 import time
 import uuid
 
@@ -46,6 +48,30 @@ def test_generated_ids_are_time_ordered_uuid7_hex() -> None:
     # Ordered to the millisecond: the stores' id indexes grow at one end.
     stamps = [int(value[:12], 16) for value in ids]
     assert stamps == sorted(stamps)
+
+
+def test_ids_stay_unique_across_random_draws_and_threads() -> None:
+    # Tails are drawn 256 at a time: several draws, raced by threads, never repeat one.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        batches = list(pool.map(lambda _: [new_query_id() for _ in range(700)], range(4)))
+    ids = [value for batch in batches for value in batch]
+    assert len(set(ids)) == len(ids)
+    assert {uuid.UUID(hex=value).version for value in ids} == {7}
+
+
+def test_a_forked_child_does_not_reuse_the_parents_random_tails() -> None:
+    new_query_id()  # the parent now holds drawn, unused tails
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.write(write_end, new_query_id()[12:].encode())
+        os._exit(0)
+    os.close(write_end)
+    child_tail = os.read(read_end, 64).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert len(child_tail) == 20
+    assert child_tail != new_query_id()[12:]
 
 
 def test_no_constraints_keep_everything() -> None:
