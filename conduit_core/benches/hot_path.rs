@@ -2,10 +2,15 @@
 //! d ∈ {16, 64, 386} and K ∈ {5, 20}, plus feature hashing. The same operations timed
 //! through Python live in `benches/bench_core.py`; the difference is the binding cost.
 //!
+//! The `quad_forms` group times selection's kernel alone at d = 64 for 1 to 11 arms, from
+//! f64 and from f32 storage: per arm it shows where the packed matrices stop fitting in L1
+//! (48 KiB here), i.e. the memory floor of a d = 64 selection.
+//!
 //! Run: `cargo bench -p conduit_core --bench hot_path`
 
 use std::hint::black_box;
 
+use conduit_core::kernels::{packed_len, quad_forms, quad_forms_mixed};
 use conduit_core::{Bandit, FeatureHasher, PolicyConfig, PolicyKind};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -91,6 +96,36 @@ fn bench_lin_ts(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_quad_forms(c: &mut Criterion) {
+    let mut group = c.benchmark_group("quad_forms");
+    let dim = 64;
+    let x = &contexts(dim, 1)[0];
+    for &k in &[1usize, 2, 5, 11] {
+        let ms: Vec<Vec<f64>> = (0..k)
+            .map(|a| {
+                (0..packed_len(dim))
+                    .map(|i| ((i * 7 + a) % 13) as f64 / 64.0)
+                    .collect()
+            })
+            .collect();
+        let m32: Vec<Vec<f32>> = ms
+            .iter()
+            .map(|m| m.iter().map(|v| *v as f32).collect())
+            .collect();
+        let refs: Vec<&[f64]> = ms.iter().map(Vec::as_slice).collect();
+        let refs32: Vec<&[f32]> = m32.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0.0; k];
+        let id = format!("d{dim}_k{k}");
+        group.bench_function(BenchmarkId::new("f64", &id), |bench| {
+            bench.iter(|| quad_forms(black_box(&refs), x, &mut out))
+        });
+        group.bench_function(BenchmarkId::new("f32", &id), |bench| {
+            bench.iter(|| quad_forms_mixed(black_box(&refs32), x, &mut out))
+        });
+    }
+    group.finish();
+}
+
 fn bench_features(c: &mut Criterion) {
     let h = FeatureHasher::new(64).expect("dim");
     let text = "How do I write a function in Python that parses a CSV file and sums a column? \
@@ -106,6 +141,6 @@ criterion_group! {
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(1))
         .sample_size(20);
-    targets = bench_linucb, bench_lin_ts, bench_features
+    targets = bench_linucb, bench_lin_ts, bench_quad_forms, bench_features
 }
 criterion_main!(benches);
