@@ -151,13 +151,16 @@ class InMemoryFeedbackStore(FeedbackStore):
         create: RoutingDecision | None = None,
         ttl_s: float | None = None,
     ) -> Applied:
-        if ttl_s is not None:
-            ttl_s = check_ttl(ttl_s)
+        if ttl_s is not None and (type(ttl_s) is not float or not 0.0 < ttl_s < math.inf):
+            ttl_s = check_ttl(ttl_s)  # the fast test above is check_ttl's own
         lock = self._lock
         lock.acquire()
         try:
             now = time.time()
-            entry = self._live(query_id, now)
+            entry = self._entries.get(query_id)  # _live, inlined: once per Track / signal
+            if entry is not None and entry.expires_at <= now:
+                self._drop(query_id)
+                entry = None
             if entry is None:
                 if create is None:
                     raise not_found(query_id)
