@@ -5,6 +5,8 @@ decode responses, concurrent PostgreSQL initialisation."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from conduit_sidecar.feedback import (
     RedisFeedbackStore,
     SqliteFeedbackStore,
 )
+from conduit_sidecar.feedback.observation import Contribution
+from conduit_sidecar.feedback.stores.base import Mark
 from tests.test_stores import make_collector, routed
 
 
@@ -37,6 +41,35 @@ async def test_memory_store_is_bounded_and_evicts_oldest_first() -> None:
         await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
     with pytest.raises(ValueError, match="max_pending"):
         InMemoryFeedbackStore(max_pending=0)
+
+
+async def test_memory_store_memory_stays_bounded_while_it_evicts() -> None:
+    # An evicted query used to leave its expiry item (a tuple holding its id) behind until
+    # its old expiry time, an hour by default: memory grew with the rate of Routes, not
+    # with max_pending (about 190 bytes per evicted query, 3.8 MB for the 20,000 here).
+    store = InMemoryFeedbackStore(max_pending=50)
+    template = await routed(make_collector(store))
+    for i in range(1_000):
+        await store.log_decision(dataclasses.replace(template, query_id=f"warm-{i}"), 3600.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            await store.log_decision(dataclasses.replace(template, query_id=f"q-{i}"), 3600.0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 250_000, grown
+    assert await store.pending_count() == 50 and store.evicted == 20_950
+    # Expiry still works on the rebuilt index: short-lived entries go, the others stay.
+    for i in range(10):
+        await store.log_decision(dataclasses.replace(template, query_id=f"short-{i}"), 0.05)
+    track = Contribution.signals([(1.0, 1.0)])
+    await store.apply("q-19999", "track", track, Mark("track", 1.0, 1.0), ttl_s=0.05)
+    await asyncio.sleep(0.1)
+    assert await store.pending_count() == 39
+    assert await store.get("short-0") is None and await store.get("q-19999") is None
+    assert await store.get("q-19998") is not None
 
 
 def unreachable_store(backend: str, tmp_path: object) -> FeedbackStore:

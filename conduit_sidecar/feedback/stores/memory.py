@@ -32,6 +32,9 @@ from conduit_sidecar.query import RoutingDecision
 # building a frozen dataclass per logged decision costs about a microsecond on each Route.
 _NO_OBSERVATION = Accumulators()
 
+# Stale expiry items tolerated beyond twice the live entries before the heap is rebuilt.
+_EXPIRY_SLACK = 256
+
 
 class _Entry:
     # A plain slotted class without __init__: one is built per Route, filled in `_insert`
@@ -90,6 +93,15 @@ class InMemoryFeedbackStore(FeedbackStore):
             if entry is not None and entry.expires_at <= now:
                 self._drop(query_id)
 
+    def _compact_expiry(self) -> None:
+        # An evicted entry, or one whose TTL a Track restarted, leaves a stale item in the
+        # heap until its old expiry time: at the size bound, an hour's worth of Routes (the
+        # default TTL) of tuples and query ids beyond `max_pending`. Rebuilt from the live
+        # entries once it holds twice as many items, amortised O(1) per insert.
+        expiry = [(entry.expires_at, query_id) for query_id, entry in self._entries.items()]
+        heapq.heapify(expiry)
+        self._expiry = expiry
+
     def _live(self, query_id: str, now: float) -> _Entry | None:
         entry = self._entries.get(query_id)
         if entry is None:
@@ -104,9 +116,13 @@ class InMemoryFeedbackStore(FeedbackStore):
         if expiry and expiry[0][0] <= now:
             self._purge(now)
         entries = self._entries
-        while len(entries) >= self.max_pending:
-            self._drop(next(iter(entries)))
-            self.evicted += 1
+        if len(entries) >= self.max_pending:
+            while len(entries) >= self.max_pending:
+                self._drop(next(iter(entries)))
+                self.evicted += 1
+            if len(expiry) > 2 * len(entries) + _EXPIRY_SLACK:  # evictions leave stale items
+                self._compact_expiry()
+                expiry = self._expiry
         entry = _Entry()
         entry.decision = decision
         entry.expires_at = expires_at = now + ttl_s
@@ -179,6 +195,8 @@ class InMemoryFeedbackStore(FeedbackStore):
             if ttl_s is not None:
                 entry.expires_at = now + ttl_s
                 heapq.heappush(self._expiry, (entry.expires_at, query_id))
+                if len(self._expiry) > 2 * len(self._entries) + _EXPIRY_SLACK:
+                    self._compact_expiry()
             for event in events:
                 self._log.append(event)
                 self._counts[event.signal_type] += 1
