@@ -109,6 +109,8 @@ class Router:
             self._hasher = FeatureHasher(config.dim)
         except CoreError as exc:
             raise InvalidArgument("feature_dim", str(exc)) from None
+        # Compiled once: a format string per call is parsed again every time.
+        self._pack_features = struct.Struct(f"<{config.dim}d").pack
         try:
             self.policy = BanditPolicy(config, list(self._specs))
         except CoreError as exc:
@@ -278,7 +280,7 @@ class Router:
             # sequence conversion by 2x. Anything else takes the checks below.
             try:
                 finite = math.isfinite(sum(features))
-                packed = struct.pack(f"<{len(features)}d", *features)
+                packed = self._pack_features(*features)
             except (TypeError, struct.error):
                 finite = False
             if finite:
