@@ -2,7 +2,10 @@
 server, wrapper, status mapping and response size), to split a Route's server CPU under
 load into the transport and the handler.
 
-    python benches/route_const_server.py const|real PORT
+    python benches/route_const_server.py const|native|real PORT
+
+`native` answers the same constant after running the policy's native decision for the text
+(featurise, select, runner-up: `BanditPolicy.route`), to see what the Rust core alone adds.
 
 Drive it with `bench_grpc.py load --target 127.0.0.1:PORT --workload route ...` and read
 the process's CPU time from /proc/PID/stat (BENCHMARKS.md shows the run).
@@ -34,8 +37,19 @@ async def constant_route(self: Any, request: Any, context: Any) -> Any:
     return CONSTANT
 
 
+@grpc_method
+async def native_route(self: Any, request: Any, context: Any) -> Any:
+    router = self.router
+    router.policy.route(router._hasher, request.text, None)
+    return CONSTANT
+
+
 if __name__ == "__main__":
     mode, port = sys.argv[1], sys.argv[2]
     if mode == "const":
         servicer.ConduitServicer.Route = constant_route  # type: ignore[method-assign]
+    elif mode == "native":
+        servicer.ConduitServicer.Route = native_route  # type: ignore[method-assign]
+    elif mode != "real":
+        sys.exit(f"unknown mode {mode!r}: const, native or real")
     sys.exit(main(["serve", "--listen", f"127.0.0.1:{port}", "--store-url", "memory://"]))
