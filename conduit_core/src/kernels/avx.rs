@@ -84,21 +84,27 @@ pub unsafe fn dot(a: &[f64], b: &[f64]) -> f64 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
     let n = x.len().min(y.len());
-    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
-    let va = _mm256_set1_pd(alpha);
+    axpy_raw(_mm256_set1_pd(alpha), x.as_ptr(), y.as_mut_ptr(), n);
+}
+
+/// `y[..n] += va·x[..n]` with a masked tail; the body of `axpy` and of each `rank1` row.
+#[inline(always)]
+unsafe fn axpy_raw(va: __m256d, px: *const f64, py: *mut f64, n: usize) {
     let mut i = 0;
     while i + 4 <= n {
         let r = _mm256_fmadd_pd(va, _mm256_loadu_pd(px.add(i)), _mm256_loadu_pd(py.add(i)));
         _mm256_storeu_pd(py.add(i), r);
         i += 4;
     }
-    let m = tail_mask(n - i);
-    let r = _mm256_fmadd_pd(
-        va,
-        _mm256_maskload_pd(px.add(i), m),
-        _mm256_maskload_pd(py.add(i), m),
-    );
-    _mm256_maskstore_pd(py.add(i), m, r);
+    if i < n {
+        let m = tail_mask(n - i);
+        let r = _mm256_fmadd_pd(
+            va,
+            _mm256_maskload_pd(px.add(i), m),
+            _mm256_maskload_pd(py.add(i), m),
+        );
+        _mm256_maskstore_pd(py.add(i), m, r);
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -307,23 +313,12 @@ pub unsafe fn rank1(m: &mut [f64], alpha: f64, u: &[f64]) {
     for i in (0..dim).rev() {
         let len = dim - i;
         off -= len;
-        let va = _mm256_set1_pd(alpha * *pu.add(i));
-        let (pr, pui) = (pm.add(off), pu.add(i));
-        let mut j = 0;
-        while j + 4 <= len {
-            let r = _mm256_fmadd_pd(va, _mm256_loadu_pd(pui.add(j)), _mm256_loadu_pd(pr.add(j)));
-            _mm256_storeu_pd(pr.add(j), r);
-            j += 4;
-        }
-        if j < len {
-            let mk = tail_mask(len - j);
-            let r = _mm256_fmadd_pd(
-                va,
-                _mm256_maskload_pd(pui.add(j), mk),
-                _mm256_maskload_pd(pr.add(j), mk),
-            );
-            _mm256_maskstore_pd(pr.add(j), mk, r);
-        }
+        axpy_raw(
+            _mm256_set1_pd(alpha * *pu.add(i)),
+            pu.add(i),
+            pm.add(off),
+            len,
+        );
     }
 }
 
