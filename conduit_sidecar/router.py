@@ -198,10 +198,7 @@ class Router:
             raise InvalidArgument("text", "must be a non-empty string")
         if len(text) > MAX_TEXT_CHARS:
             raise InvalidArgument("text", f"{len(text)} characters; the limit is {MAX_TEXT_CHARS}")
-        if query.reward_weights is None and not query.preference:  # the usual query
-            weights = self.reward_weights
-        else:
-            weights = self._weights(query)
+        weights = self._weights(query)
         note = ""
         allowed: list[str] | None = None
         if query.constraints is not None:

@@ -20,7 +20,7 @@ from ._proto import conduit_pb2_grpc as _pb_grpc
 from .errors import InvalidArgument, Unavailable
 from .feedback import FeedbackEvent, SessionFeedback
 from .query import Constraints, Query, RoutingDecision
-from .reward import PRESETS, RewardWeights
+from .reward import RewardWeights
 from .status import RpcObserver, grpc_method
 
 _log = logging.getLogger(__name__)
@@ -31,15 +31,10 @@ if TYPE_CHECKING:
 
 
 _ROUTE_TEXT = _pb.RouteRequest.DESCRIPTOR.fields_by_name["text"]
-_PRESETS = tuple(PRESETS.values())
 
 
 def _weights(message: _pb.RewardWeights) -> RewardWeights:
     return RewardWeights(message.quality, message.cost, message.latency)
-
-
-def _weights_message(weights: RewardWeights) -> _pb.RewardWeights:
-    return _pb.RewardWeights(quality=weights.quality, cost=weights.cost, latency=weights.latency)
 
 
 def _optional(message: Any, name: str) -> Any:
@@ -126,8 +121,6 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
         self._on_feedback = on_feedback
         self._on_reward = on_reward
         self._unlogged_warned_at = -math.inf
-        # Route's reward_weights sub-message for the weights most decisions share, by id.
-        self._weights_messages: dict[int, tuple[RewardWeights, _pb.RewardWeights]] = {}
 
     def _text_too_long(self, text: str) -> InvalidArgument:
         return InvalidArgument(
@@ -194,21 +187,8 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
         scores = response.scores
         for model, score in decision.scores.items():
             scores[model] = score
-        fixed = decision.reward_weights
-        known = self._weights_messages.get(id(fixed))
-        if known is not None and known[0] is fixed:
-            response.reward_weights.CopyFrom(known[1])  # cheaper than three field writes
-        else:
-            weights = response.reward_weights
-            weights.quality, weights.cost, weights.latency = (
-                fixed.quality,
-                fixed.cost,
-                fixed.latency,
-            )
-            # Only long-lived weights are kept (the router's default and the presets), so
-            # the cache stays small and an id is never reused while its entry exists.
-            if fixed is self.router.reward_weights or any(fixed is p for p in _PRESETS):
-                self._weights_messages[id(fixed)] = (fixed, _weights_message(fixed))
+        weights, fixed = response.reward_weights, decision.reward_weights
+        weights.quality, weights.cost, weights.latency = fixed.quality, fixed.cost, fixed.latency
         if include_features:
             response.features.extend(decision.features)
         return response

@@ -1,6 +1,6 @@
 """ConduitServicer.Route in-process: the text-only fast path and the general path translate
-the same way, and the response's reward weights are the decision's whichever way they are
-written (copied from a cached message for the shared weights, field by field otherwise)."""
+the same way, and the response's reward weights are the decision's (a preset, the router's
+default or the request's own)."""
 
 from __future__ import annotations
 
@@ -62,13 +62,13 @@ async def test_oversized_text_is_refused_on_the_text_only_path() -> None:
 async def test_response_weights_follow_the_decision_on_every_call(preference: str) -> None:
     servicer, _ = make()
     expected = PRESETS[preference or "balanced"]
-    for _ in range(3):  # the first call fills the cache, the others copy from it
+    for _ in range(3):
         response = await servicer.Route(
             pb.RouteRequest(text="What is Python?", preference=preference), None
         )
         assert weights_of(response) == (expected.quality, expected.cost, expected.latency)
     explicit = pb.RewardWeights(quality=2, cost=1, latency=1)
-    for _ in range(2):  # per-request weights are new objects: written field by field
+    for _ in range(2):
         response = await servicer.Route(
             pb.RouteRequest(text="What is Python?", reward_weights=explicit), None
         )
