@@ -70,11 +70,6 @@ class Selection:
     uncertainty: float  # posterior width of the chosen arm (>= 0)
 
 
-# Selection is built on every routing decision: the native select fills its slots directly
-# (object.__new__ and the slot setters, without the frozen dataclass __init__, which costs
-# as much as the math).
-
-
 @dataclass(frozen=True, slots=True)
 class ArmStats:
     """Per-arm totals: confidence-weighted sums and the number of observations."""
@@ -185,7 +180,8 @@ class BanditPolicy:
     def select(self, features: Features, allowed: Sequence[str] | None = None) -> Selection:
         names = None if allowed is None else _arm_names(allowed, "allowed")
         try:
-            # Fast path: the native call accepts a 1-D float64 array and nothing else.
+            # Fast path: the native call accepts a 1-D float64 array and nothing else. It fills
+            # Selection's slots directly: the frozen dataclass __init__ costs as much as the math.
             return self._policy.select(Selection, features, names)  # type: ignore[arg-type]
         except TypeError:
             return self._policy.select(Selection, _features(features), names)
