@@ -128,6 +128,8 @@ class Constraints:
 def _known_ids(ids: Sequence[str], field: str, specs: Mapping[str, ModelSpec]) -> set[str]:
     if isinstance(ids, str) or not isinstance(ids, Sequence | set | frozenset):
         raise InvalidArgument(f"constraints.{field}", f"must be a list of model ids, got {ids!r}")
+    if not all(isinstance(m, str) for m in ids):  # an unhashable item would fail the lookup
+        raise InvalidArgument(f"constraints.{field}", f"must be a list of model ids, got {ids!r}")
     unknown = [m for m in ids if m not in specs]
     if unknown:
         raise InvalidArgument(f"constraints.{field}", f"unknown model ids {unknown}")

@@ -36,7 +36,10 @@ def as_number(field: str, value: object) -> float:
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgument(field, f"must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range (JSON integers are unbounded)
+        raise InvalidArgument(field, "must be a finite number, got a larger integer") from None
 
 
 def check_non_negative(field: str, value: object) -> float:
@@ -75,6 +78,11 @@ class RewardWeights:
             for name, value in zip(("quality", "cost", "latency"), values, strict=True)
         )
         total = q + c + lat
+        if total == math.inf:
+            # Finite weights whose sum overflows: dividing by inf would zero all three.
+            scale = max(q, c, lat)
+            q, c, lat = q / scale, c / scale, lat / scale
+            total = q + c + lat
         if total <= 0.0:
             raise InvalidArgument("reward_weights", "at least one weight must be positive")
         # frozen dataclass: normalising in place needs object.__setattr__.

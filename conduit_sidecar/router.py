@@ -278,7 +278,7 @@ class Router:
             try:
                 finite = math.isfinite(sum(features))
                 packed = self._pack_features(*features)
-            except (TypeError, struct.error):
+            except (TypeError, struct.error, OverflowError):  # OverflowError: an int > float
                 finite = False
             if finite:
                 return np.frombuffer(packed, dtype=np.float64)
@@ -288,6 +288,8 @@ class Router:
             x = np.asarray(features, dtype=np.float64)
         except (TypeError, ValueError):
             raise InvalidArgument(field, "must be a sequence of numbers") from None
+        except OverflowError:  # an int beyond float range
+            raise InvalidArgument(field, "values must be finite") from None
         if x.ndim != 1 or x.shape[0] != self.feature_dim:
             raise InvalidArgument(
                 field, f"expected {self.feature_dim} values, got shape {tuple(x.shape)}"

@@ -66,12 +66,14 @@ def test_spec_table_rewards_and_confidences(
         (RatingAdapter(), {"rating": "4"}, "payload.rating"),
         (RatingAdapter(), {"rating": math.nan}, "payload.rating"),
         (RatingAdapter(), {"rating": math.inf}, "payload.rating"),
+        (RatingAdapter(), {"rating": 10**400}, "payload.rating"),  # JSON ints are unbounded
         (TaskSuccessAdapter(), {"success": 1}, "payload.success"),
         (TaskSuccessAdapter(), {}, "payload.success"),
         (RegenerationAdapter(), {"regenerated": "no"}, "payload.regenerated"),
         (QualityScoreAdapter(), {"score": -0.1}, "payload.score"),
         (QualityScoreAdapter(), {"score": 1.01}, "payload.score"),
         (QualityScoreAdapter(), {"score": None}, "payload.score"),
+        (QualityScoreAdapter(), {"score": -(10**400)}, "payload.score"),
     ],
 )
 def test_malformed_payloads_name_the_field(

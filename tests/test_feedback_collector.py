@@ -173,10 +173,19 @@ class Broken(FeedbackAdapter):
             return RewardMapping(reward=event.payload["missing"])
         if self.behaviour == "out-of-range":
             return RewardMapping(reward=2.0)
+        if self.behaviour == "huge-int":
+            return RewardMapping(reward=10**400)
+        if self.behaviour == "zero-division":  # a ratio over an empty payload
+            return RewardMapping(reward=1.0 / len(event.payload))
+        if self.behaviour == "index-error":
+            return RewardMapping(reward=event.payload.get("scores", [])[0])
         return 0.5  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("behaviour", ["keyerror", "out-of-range", "wrong-type"])
+@pytest.mark.parametrize(
+    "behaviour",
+    ["keyerror", "out-of-range", "wrong-type", "huge-int", "zero-division", "index-error"],
+)
 async def test_a_misbehaving_custom_adapter_is_refused_cleanly(behaviour: str) -> None:
     collector = FeedbackCollector(small_router(), adapters=[Broken(behaviour)])
     decision = await tracked(collector)
@@ -196,6 +205,7 @@ async def test_a_misbehaving_custom_adapter_is_refused_cleanly(behaviour: str) -
         (FeedbackEvent(None, "thumbs"), "query_id"),  # type: ignore[arg-type]
         (FeedbackEvent("q", "thumbs", {"value": "up"}, idempotency_key=""), "idempotency_key"),
         (FeedbackEvent("q", "thumbs", {"value": "up"}, timestamp=float("inf")), "timestamp"),
+        (FeedbackEvent("q", "thumbs", {"value": "up"}, timestamp=10**400), "timestamp"),
     ],
 )
 async def test_malformed_events_are_refused_naming_the_field(
@@ -220,6 +230,7 @@ async def test_unknown_query_error_names_the_query_id() -> None:
         ({"cost": float("nan")}, "cost_usd"),
         ({"cost": "0.1"}, "cost_usd"),
         ({"latency": -0.5}, "latency_s"),
+        ({"cost": 10**400}, "cost_usd"),
         ({"error": "yes"}, "error"),
         ({"retries": True}, "retries"),
         ({"retries": 1.5}, "retries"),

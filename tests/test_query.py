@@ -120,6 +120,8 @@ def test_nothing_eligible_says_which_constraint_removed_what() -> None:
         (Constraints(allowed_models=["cheap", "nope"]), "constraints.allowed_models"),
         (Constraints(excluded_models=["nope"]), "constraints.excluded_models"),
         (Constraints(allowed_models="cheap"), "constraints.allowed_models"),  # type: ignore[arg-type]
+        (Constraints(allowed_models=[["cheap"]]), "constraints.allowed_models"),  # type: ignore[list-item]
+        (Constraints(excluded_models=[{"cheap"}]), "constraints.excluded_models"),  # type: ignore[list-item]
         (Constraints(max_cost_usd=-1.0), "constraints.max_cost_usd"),
         (Constraints(max_cost_usd=math.nan), "constraints.max_cost_usd"),
         (Constraints(max_latency_s=math.inf), "constraints.max_latency_s"),

@@ -34,12 +34,24 @@ def test_weights_are_normalised() -> None:
         ((0.5, "0.5", 0.5), "reward_weights.cost"),
         ((True, 0.5, 0.5), "reward_weights.quality"),
         ((0.0, 0.0, 0.0), "reward_weights"),
+        ((10**400, 1, 1), "reward_weights.quality"),  # an int no float can hold
     ],
 )
 def test_bad_weights_name_the_field(args: tuple[object, object, object], field: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         RewardWeights(*args)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+def test_huge_finite_weights_still_sum_to_one() -> None:
+    # Their sum overflows to inf; dividing by it made every weight 0, so every reward of
+    # such a decision was 0 whatever its quality, and a stored decision with all-zero
+    # weights could not be read back (its weights are refused when rebuilt).
+    weights = RewardWeights(1e308, 1e308, 1e308)
+    assert weights.as_tuple() == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert RewardWeights(*weights.as_tuple()) == weights
+    assert RewardWeights(1.5e308, 0.5e308, 0.0).as_tuple() == pytest.approx((0.75, 0.25, 0.0))
+    assert compose_reward(weights, 1.0, None, None) == pytest.approx(1.0)
 
 
 def test_presets() -> None:
@@ -91,7 +103,20 @@ def test_scores_are_monotone_and_bounded(a: float, b: float) -> None:
     assert 0.0 <= latency_score(hi) <= latency_score(lo) <= 1.0
 
 
-@pytest.mark.parametrize("bad", [-0.001, math.nan, math.inf, -math.inf, "1", None, True])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        -0.001,
+        math.nan,
+        math.inf,
+        -math.inf,
+        "1",
+        None,
+        True,
+        pytest.param(10**400, id="int-beyond-float"),
+        pytest.param(-(10**400), id="negative-int-beyond-float"),
+    ],
+)
 def test_bad_cost_and_latency_are_refused(bad: object) -> None:
     with pytest.raises(InvalidArgument) as info:
         cost_score(bad)  # type: ignore[arg-type]

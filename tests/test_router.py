@@ -151,6 +151,11 @@ async def test_preference_and_explicit_weights_are_fixed_on_the_decision() -> No
             Query(text="q", constraints=Constraints(max_latency_s=math.nan)),
             "constraints.max_latency_s",
         ),
+        (Query(text="q", features=[10**400] * 64), "features"),
+        (
+            Query(text="q", constraints=Constraints(max_cost_usd=10**400)),
+            "constraints.max_cost_usd",
+        ),
     ],
 )
 async def test_bad_queries_name_the_field(query: Query, field: str) -> None:
@@ -326,6 +331,8 @@ async def test_update_applies_the_composed_reward() -> None:
         ({"confidence": math.nan}, "confidence"),
         ({"features": [0.1] * 10}, "features"),
         ({"features": [math.nan] * 64}, "features"),
+        ({"features": [10**400] + [0.0] * 63}, "features"),  # no float holds it
+        ({"cost": 10**400}, "cost"),
         ({"reward_weights": "cheapest"}, "reward_weights"),
     ],
 )

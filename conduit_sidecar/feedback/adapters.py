@@ -10,12 +10,12 @@ field (for example `payload.rating`), never a KeyError or a NaN reward.
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 from typing import Any
 
 from conduit_sidecar.errors import InvalidArgument
 from conduit_sidecar.feedback.events import FeedbackEvent, RewardMapping
+from conduit_sidecar.reward import as_number
 
 EXPLICIT_CONFIDENCE = 1.0
 STRONG_IMPLICIT_CONFIDENCE = 0.8
@@ -53,9 +53,7 @@ def _bool_field(event: FeedbackEvent, key: str) -> bool:
 
 def _number_field(event: FeedbackEvent, key: str, low: float, high: float) -> float:
     value = _field(event, key)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgument(f"payload.{key}", f"must be a number, got {value!r}")
-    number = float(value)
+    number = as_number(f"payload.{key}", value)  # also refuses an int beyond float range
     if not math.isfinite(number) or not low <= number <= high:
         raise InvalidArgument(f"payload.{key}", f"must be in [{low:g}, {high:g}], got {value!r}")
     return number

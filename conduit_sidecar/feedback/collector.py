@@ -127,7 +127,7 @@ class FeedbackCollector:
             mapping = adapter.to_reward(event)
         except InvalidArgument:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             raise InvalidArgument(
                 "payload", f"adapter for {event.signal_type!r} refused it: {exc!r}"
             ) from None
