@@ -22,6 +22,13 @@ import yaml
 STORE_SCHEMES = ("memory", "sqlite", "redis", "rediss", "postgresql", "postgres")
 POLICIES = ("linucb", "lin_ts", "beta_ts", "ucb1", "epsilon_greedy", "random", "fixed")
 PREFERENCES = ("balanced", "quality", "cost", "speed")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# grpc's channel arguments are C ints.
+MAX_MESSAGE_BYTES = 2**31 - 1
+# The longest pending window, for the server default and each request's ttl_s: ten years.
+# Far beyond any feedback delay, and well inside what every store can expire (Redis refuses
+# a PEXPIRE past 2**63 ms, so a TTL of 1e300 s left every decision unlogged there).
+MAX_TTL_S = 10 * 365 * 86400.0
 
 
 class ConfigError(ValueError):
@@ -103,6 +110,15 @@ class SidecarConfig:
         for name in positive_ints:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.max_message_bytes > MAX_MESSAGE_BYTES:
+            raise ConfigError(
+                f"max_message_bytes: must be at most {MAX_MESSAGE_BYTES}, "
+                f"got {self.max_message_bytes}"
+            )
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(
+                f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
         if not math.isfinite(self.sync_interval_s) or self.sync_interval_s < 0:
             raise ConfigError(
                 f"sync_interval_s: must be finite and >= 0, got {self.sync_interval_s}"
@@ -116,6 +132,10 @@ class SidecarConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name}: must be finite and > 0, got {value}")
+        if self.ttl_s > MAX_TTL_S:
+            raise ConfigError(
+                f"ttl_s: must be at most {MAX_TTL_S:.0f} (ten years), got {self.ttl_s}"
+            )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port: must be a TCP port, got {self.metrics_port}")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -90,6 +90,12 @@ def test_empty_env_value_unsets_an_optional_setting() -> None:
             "sqlite_decision_durability: expected buffered or commit",
         ),
         ({"CONDUIT_CONFIG": "/no/conduit.yaml"}, "config: cannot read"),
+        # Each of these used to pass validation and then fail at start-up with a traceback
+        # (logging's "Unknown level", grpc's OverflowError), or, for a TTL beyond what Redis
+        # can expire, leave every decision unlogged and every Track UNAVAILABLE.
+        ({"CONDUIT_LOG_LEVEL": "verbose"}, "log_level: expected one of"),
+        ({"CONDUIT_MAX_MESSAGE_BYTES": str(2**31)}, "max_message_bytes: must be at most"),
+        ({"CONDUIT_TTL_S": "1e300"}, "ttl_s: must be at most"),
     ],
 )
 def test_bad_settings_name_themselves(env: dict[str, str], message: str) -> None:
