@@ -69,6 +69,23 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see sidecar logs"
 
 
+# A status message travels in the trailers, percent-encoded (a non-ASCII byte takes three),
+# and clients cap their size (grpcio rejects more than 16 KiB and may already above 8 KiB;
+# Java's default is 8 KiB): past that the client sees RESOURCE_EXHAUSTED "Stream removed"
+# instead of the status. Messages quote what the client sent, so they are cut at this many
+# UTF-8 bytes (the field name comes first and survives).
+MAX_MESSAGE_BYTES = 1024
+
+
+def bounded(message: str) -> str:
+    """`message`, cut to MAX_MESSAGE_BYTES of UTF-8 if longer, saying so."""
+    data = message.encode("utf-8", "replace")
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return message
+    head = data[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")
+    return f"{head}... (truncated, {len(message)} characters in all)"
+
+
 class MalformedRequest:
     """What a lenient deserializer returns for bytes that are not a valid message.
 
@@ -126,7 +143,7 @@ def grpc_method(fn: _Handler[_Req, _Resp]) -> _Handler[_Req, _Resp]:
             code, message = to_status(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method)
-            await context.abort(code, message)
+            await context.abort(code, bounded(message))
             raise  # unreachable: abort raises; keeps the type checker honest
         finally:
             observe: RpcObserver | None = getattr(self, "observe_rpc", None)

@@ -149,6 +149,26 @@ def test_feedback_refuses_bad_signals_and_keeps_the_query(stub: Any) -> None:
     assert (again.reward, again.confidence) == (first.reward, first.confidence) == (1.0, 1.0)
 
 
+def test_errors_echoing_a_huge_value_keep_their_status(stub: Any) -> None:
+    # The messages quote what the client sent; a status message travels in the trailers,
+    # which clients cap (grpcio: 16 KiB hard, Java: 8 KiB), so a long echoed id used to
+    # reach the client as RESOURCE_EXHAUSTED "Stream removed" instead of its status.
+    long_id, long_type = "q" * 20_000, "\u00e9" * 6_000
+    feedback = pb.RecordFeedbackRequest(
+        query_id=long_id, signal_type="thumbs", payload=payload(value="up")
+    )
+    details = expect(grpc.StatusCode.NOT_FOUND, "qqqq", lambda: stub.RecordFeedback(feedback))
+    assert "truncated" in details and len(details.encode()) < 2_000
+    query_id = routed(stub).query_id
+    unknown = pb.RecordFeedbackRequest(query_id=query_id, signal_type=long_type)
+    details = expect(
+        grpc.StatusCode.INVALID_ARGUMENT, "signal_type", lambda: stub.RecordFeedback(unknown)
+    )
+    assert details.startswith("signal_type")
+    allowed = pb.RouteRequest(text="hi", constraints=pb.Constraints(allowed_models=[long_id]))
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "allowed_models", lambda: stub.Route(allowed))
+
+
 def test_expired_query_is_not_found(stub: Any) -> None:
     query_id = routed(stub, ttl_s=0.2).query_id
     time.sleep(0.5)
