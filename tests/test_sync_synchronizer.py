@@ -350,3 +350,23 @@ async def test_every_policy_kind_converges(kind: str, tmp_path: Path) -> None:
                 assert got[model].updates == want[model].updates
                 assert got[model].weight_sum == pytest.approx(want[model].weight_sum, abs=1e-9)
                 assert got[model].reward_sum == pytest.approx(want[model].reward_sum, abs=1e-9)
+
+
+async def test_a_restart_under_the_same_replica_id_publishes_its_new_learning(
+    make_store: Callable[[], PolicyStateStore],
+) -> None:
+    # `replica_id` may be given (e.g. a pod name), and then it survives a restart. The new
+    # process's publish ids must not collide with its predecessor's retry marks (kept 24
+    # hours), or its first deltas are taken for retries of old ones and silently dropped.
+    old = PolicySynchronizer(Router(MODELS, feature_dim=DIM), make_store(), replica_id="pod-a")
+    await old.restore()
+    before = observations(60, 10)
+    apply(old.router, before)
+    await old.stop()
+    new = PolicySynchronizer(Router(MODELS, feature_dim=DIM), make_store(), replica_id="pod-a")
+    await new.restore()
+    after = observations(61, 10)
+    apply(new.router, after)
+    await new.sync_once()
+    (reader,) = await replicas(make_store, 1)
+    assert_same_policy(reader.router, replay(before + after))

@@ -122,7 +122,12 @@ class PolicySynchronizer:
         self._empty_delta = BanditPolicy(self._config, [router.models[0].id]).take_delta()
         self._seen_version = router.policy.version
         self._pending: bytes | None = None
-        self._publish_seq = 0  # numbers this process's deltas: the store's retry dedupe key
+        # The store's retry dedupe key is this prefix plus a sequence number. The prefix is
+        # fresh per instance: a replica_id given by the caller survives a restart, and the
+        # new process's "1", "2", ... would otherwise match its predecessor's retry marks
+        # (kept 24 hours) and its deltas be dropped as retries of those.
+        self._publish_prefix = f"{self.replica_id}:{uuid.uuid4().hex}"
+        self._publish_seq = 0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -247,7 +252,7 @@ class PolicySynchronizer:
         if self._pending is None:
             return
         await self.store.publish_delta(
-            self.replica_id, self._pending, publish_id=f"{self.replica_id}:{self._publish_seq}"
+            self.replica_id, self._pending, publish_id=f"{self._publish_prefix}:{self._publish_seq}"
         )
         self._pending = None
         self.status.pending = False
