@@ -6,8 +6,10 @@ Backend-specific guarantees (atomicity, TTL, durability) are in tests/test_store
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from conduit_sidecar.feedback import (
     FeedbackCollector,
     FeedbackEvent,
     FeedbackResult,
+    FeedbackStore,
     InMemoryFeedbackStore,
     RatingAdapter,
     RewardMapping,
@@ -28,6 +31,7 @@ from conduit_sidecar.feedback import (
     ThumbsAdapter,
     builtin_adapters,
 )
+from conduit_sidecar.feedback.observation import observation
 from conduit_sidecar.query import RoutingDecision
 
 MODELS = ["cheap-model", "mid-model", "strong-model"]
@@ -312,6 +316,63 @@ async def test_concurrent_feedback_ends_exactly_where_sequential_feedback_does()
     probe = np.asarray(probe_decision.features)
     scores_a, scores_b = a.select(probe).scores, b.select(probe).scores
     assert scores_a == pytest.approx(scores_b, abs=1e-9)
+
+
+def _policy_lag(router: Router, store_view: list[tuple[RoutingDecision, Any]]) -> float:
+    """How far the router's policy is from one rebuilt from the stored accumulators."""
+    rebuilt = small_router()
+    for decision, accumulators in store_view:
+        obs = observation(accumulators, decision.reward_weights)
+        if obs is not None:
+            rebuilt.policy.update(decision.selected_model, decision.features, *obs)
+    lag = 0.0
+    for model in MODELS:
+        a, b = router.policy.arm_stats()[model], rebuilt.policy.arm_stats()[model]
+        lag = max(lag, abs(a.weight_sum - b.weight_sum), abs(a.reward_sum - b.reward_sum))
+    return lag
+
+
+async def test_a_cancelled_caller_does_not_lose_the_policy_update(
+    store_factory: Any,
+) -> None:
+    """A gRPC deadline cancels the handler while the store write is in flight. The write
+    still commits, so its policy delta must be applied too: otherwise the signal is lost
+    (a retry is a duplicate) and the query's later deltas leave the policy off for good."""
+    store: FeedbackStore = await store_factory.open()
+    router = small_router()
+    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
+    decisions = []
+    for yields in range(12):  # cancel after 0..11 loop turns: before, during, after the write
+        decision = await router.route(Query(text=f"question {yields}"))
+        await collector.track(decision, cost=0.001, latency=0.5)
+        decisions.append(decision)
+        for event in (
+            FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}),
+            FeedbackEvent(decision.query_id, "rating", {"rating": 2}),
+        ):
+            task = asyncio.create_task(collector.record(event))
+            for _ in range(yields):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    # The client retries after its deadline: applied once whatever happened before.
+    for decision in decisions:
+        await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+        await collector.record(FeedbackEvent(decision.query_id, "rating", {"rating": 2}))
+    deadline = time.monotonic() + 5.0
+    while True:  # work a cancelled caller left in flight may still be finishing
+        view = []
+        for decision in decisions:
+            pending = await store.get(decision.query_id)
+            assert pending is not None
+            view.append((decision, pending.accumulators))
+        lag = _policy_lag(router, view)
+        if lag < 1e-9 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert lag < 1e-9
+    assert all(acc.quality_den == 2.0 for _, acc in view)  # each signal stored exactly once
 
 
 async def test_feedback_for_a_removed_model_is_stored_without_failing(

@@ -15,6 +15,7 @@ result with `duplicate=True`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Protocol
@@ -40,6 +41,9 @@ from conduit_sidecar.reward import check_non_negative
 logger = logging.getLogger(__name__)
 
 TRACK_KEY = "track"
+
+_Outcome = tuple[float | None, float | None]  # (cost_usd, latency_s) for the router's stats
+_Done = tuple[Applied, tuple[float, float] | None]  # the store's answer, the observation after
 
 
 class ObservationSink(Protocol):
@@ -89,6 +93,8 @@ class FeedbackCollector:
             self.store.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
         )
         self._adapters: dict[str, FeedbackAdapter] = {}
+        # Store operations whose caller was cancelled, kept alive until they finish.
+        self._in_flight: set[asyncio.Task[_Done]] = set()
         self.register_adapter(ThumbsAdapter())
         for adapter in adapters:
             self.register_adapter(adapter)
@@ -161,6 +167,61 @@ class FeedbackCollector:
             )
         return new
 
+    async def _apply(
+        self,
+        query_id: str,
+        key: str,
+        contribution: Contribution,
+        mark: Mark,
+        events: Sequence[FeedbackEvent],
+        *,
+        create: RoutingDecision | None = None,
+        ttl_s: float | None = None,
+        outcome: _Outcome | None = None,
+    ) -> _Done:
+        """One store operation and then its policy update, inseparably.
+
+        A cancelled caller (a gRPC deadline) must not stop between the two: the write may
+        commit anyway (a SQLite batch, a Redis script already sent), and its delta would then
+        never reach the policy - a retry is a duplicate, and the query's later deltas assume
+        the lost one was applied. So the pair runs in a shielded task that finishes on its
+        own. The in-memory store's apply never suspends, so nothing can fall between the
+        two there and it skips the task.
+        """
+        work = self._apply_now(query_id, key, contribution, mark, events, create, ttl_s, outcome)
+        if type(self.store) is InMemoryFeedbackStore:
+            return await work
+        task = asyncio.ensure_future(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._settled)
+        return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Task[_Done]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled():
+            task.exception()  # mark it read: a cancelled caller no longer awaits it
+
+    async def _apply_now(
+        self,
+        query_id: str,
+        key: str,
+        contribution: Contribution,
+        mark: Mark,
+        events: Sequence[FeedbackEvent],
+        create: RoutingDecision | None,
+        ttl_s: float | None,
+        outcome: _Outcome | None,
+    ) -> _Done:
+        applied = await self.store.apply(
+            query_id, key, contribution, mark, events, create=create, ttl_s=ttl_s
+        )
+        if outcome is not None and not applied.duplicate:
+            try:
+                self.router.record_outcome(applied.decision.selected_model, *outcome)
+            except ValueError as exc:  # model removed since the decision: stats only
+                logger.warning("outcome of query %s not counted: %s", query_id, exc)
+        return applied, self._apply_policy(applied)
+
     @staticmethod
     def _result(query_id: str, applied: Applied, new: tuple[float, float] | None) -> FeedbackResult:
         mark = applied.mark
@@ -230,17 +291,17 @@ class FeedbackCollector:
             events.append(FeedbackEvent(query_id, "retries", {"retries": retries}))
         implicit = contribution.quality_den > 0
         mark = Mark(TRACK_KEY, 0.0 if implicit else 1.0, contribution.weight)
-        applied = await self.store.apply(
-            query_id, TRACK_KEY, contribution, mark, events, create=create, ttl_s=ttl
+        outcome = None if cost_usd is None and latency_s is None else (cost_usd, latency_s)
+        await self._apply(
+            query_id,
+            TRACK_KEY,
+            contribution,
+            mark,
+            events,
+            create=create,
+            ttl_s=ttl,
+            outcome=outcome,
         )
-        if applied.duplicate:
-            return
-        if cost_usd is not None or latency_s is not None:
-            try:
-                self.router.record_outcome(applied.decision.selected_model, cost_usd, latency_s)
-            except ValueError as exc:  # model removed since the decision: stats only
-                logger.warning("outcome of query %s not counted: %s", query_id, exc)
-        self._apply_policy(applied)
 
     # Feedback.
 
@@ -262,8 +323,7 @@ class FeedbackCollector:
         )
         contribution = Contribution.signals([(mapping.reward, mapping.confidence)])
         mark = Mark(event.signal_type, mapping.reward, mapping.confidence)
-        applied = await self.store.apply(event.query_id, key, contribution, mark, [event])
-        new = self._apply_policy(applied)
+        applied, new = await self._apply(event.query_id, key, contribution, mark, [event])
         return self._result(event.query_id, applied, new)
 
     async def record_session_feedback(self, feedback: SessionFeedback) -> list[FeedbackResult]:
@@ -298,10 +358,9 @@ class FeedbackCollector:
             contribution = Contribution.signals([(mapping.reward, confidence)])
             mark = Mark(event.signal_type, mapping.reward, confidence)
             try:
-                applied = await self.store.apply(event.query_id, key, contribution, mark, [event])
+                applied, new = await self._apply(event.query_id, key, contribution, mark, [event])
             except NotFound:
                 continue  # expired between the lookup and now: no longer pending
-            new = self._apply_policy(applied)
             results.append(self._result(event.query_id, applied, new))
         return results
 
