@@ -21,6 +21,8 @@ from google.protobuf import struct_pb2
 from grpc_fixtures import Sidecar, sidecar, stub
 
 from conduit_sidecar._proto import conduit_pb2 as pb
+from conduit_sidecar._proto import conduit_pb2_grpc as pb_grpc
+from tests.conftest import StoreFactory
 
 __all__ = ["sidecar", "stub"]  # fixtures imported for pytest
 FEATURE_DIM = 64
@@ -151,21 +153,23 @@ def test_feedback_refuses_bad_signals_and_keeps_the_query(stub: Any) -> None:
 
 def test_errors_echoing_a_huge_value_keep_their_status(stub: Any) -> None:
     # The messages quote what the client sent; a status message travels in the trailers,
-    # which clients cap (grpcio: 16 KiB hard, Java: 8 KiB), so a long echoed id used to
+    # which clients cap (grpcio: 16 KiB hard, Java: 8 KiB), so a long echoed value used to
     # reach the client as RESOURCE_EXHAUSTED "Stream removed" instead of its status.
-    long_id, long_type = "q" * 20_000, "\u00e9" * 6_000
-    feedback = pb.RecordFeedbackRequest(
-        query_id=long_id, signal_type="thumbs", payload=payload(value="up")
-    )
-    details = expect(grpc.StatusCode.NOT_FOUND, "qqqq", lambda: stub.RecordFeedback(feedback))
-    assert "truncated" in details and len(details.encode()) < 2_000
     query_id = routed(stub).query_id
-    unknown = pb.RecordFeedbackRequest(query_id=query_id, signal_type=long_type)
+    long_value = "v" * 20_000
+    sideways = pb.RecordFeedbackRequest(
+        query_id=query_id, signal_type="thumbs", payload=payload(value=long_value)
+    )
+    details = expect(
+        grpc.StatusCode.INVALID_ARGUMENT, "vvvv", lambda: stub.RecordFeedback(sideways)
+    )
+    assert "truncated" in details and len(details.encode()) < 2_000
+    unknown = pb.RecordFeedbackRequest(query_id=query_id, signal_type="\u00e9" * 6_000)
     details = expect(
         grpc.StatusCode.INVALID_ARGUMENT, "signal_type", lambda: stub.RecordFeedback(unknown)
     )
     assert details.startswith("signal_type")
-    allowed = pb.RouteRequest(text="hi", constraints=pb.Constraints(allowed_models=[long_id]))
+    allowed = pb.RouteRequest(text="hi", constraints=pb.Constraints(allowed_models=[long_value]))
     expect(grpc.StatusCode.INVALID_ARGUMENT, "allowed_models", lambda: stub.Route(allowed))
 
 
@@ -297,6 +301,85 @@ def test_locked_sqlite_store_is_unavailable_then_recovers(tmp_path: Path) -> Non
             assert stub.Route(pb.RouteRequest(text="works again")).selected_model
     finally:
         assert server.terminate() == 0
+
+
+async def test_store_keys_and_ttl_are_checked_the_same_on_every_backend(
+    store_factory: StoreFactory,
+) -> None:
+    # Found on real servers: PostgreSQL text cannot hold a NUL and its B-tree refuses an
+    # index row past ~2.7 KB, and Redis refuses a PEXPIRE past 2**63 ms. A client's NUL or
+    # huge id, or ttl_s=1e300, came back UNAVAILABLE ("safe to retry", so the client retried
+    # a request that can never succeed) or, on Route, answered OK with the decision silently
+    # unlogged (its Track then NOT_FOUND). The memory and SQLite stores took them.
+    from conduit_sidecar.config import MAX_TTL_S
+    from conduit_sidecar.feedback import FeedbackCollector
+    from conduit_sidecar.feedback.adapters import builtin_adapters
+    from conduit_sidecar.router import Router
+    from conduit_sidecar.server import add_conduit_service
+    from conduit_sidecar.servicer import ConduitServicer
+
+    router = Router()
+    collector = FeedbackCollector(router, await store_factory.open())
+    for adapter in builtin_adapters():
+        collector.register_adapter(adapter)
+    server = grpc.aio.server()
+    add_conduit_service(ConduitServicer(router, collector), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.ConduitServiceStub(channel)
+
+            async def refused(field: str, method: Any, request: Any) -> None:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await method(request, timeout=20)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+                assert (info.value.details() or "").startswith(field), info.value.details()
+
+            # 128 distinct 4-byte characters: 512 bytes of UTF-8, the longest id allowed.
+            longest = "".join(chr(0x1F300 + i) for i in range(128))
+            too_long = "".join(chr(0x4E00 + i) for i in range(3_000))  # 9,000 bytes
+            for field, request in [
+                ("query_id", pb.RouteRequest(text="hi", query_id="a\x00b")),
+                ("query_id", pb.RouteRequest(text="hi", query_id=too_long)),
+                ("session_id", pb.RouteRequest(text="hi", session_id="s\x00")),
+                ("session_id", pb.RouteRequest(text="hi", session_id=too_long)),
+                ("ttl_s", pb.RouteRequest(text="hi", ttl_s=1e300)),
+            ]:
+                await refused(field, stub.Route, request)
+            query_id = longest[:100] + "-q"
+            decision = await stub.Route(
+                pb.RouteRequest(text="hi", query_id=query_id, session_id=longest, ttl_s=MAX_TTL_S)
+            )
+            assert decision.query_id == query_id
+            await refused(
+                "query_id", stub.Track, pb.TrackRequest(query_id="a\x00b", cost_usd=0.001)
+            )
+            await refused("ttl_s", stub.Track, pb.TrackRequest(query_id=query_id, ttl_s=1e300))
+            thumbs = {"signal_type": "thumbs", "payload": payload(value="up")}
+            for key in ("k\x00", too_long):
+                await refused(
+                    "idempotency_key",
+                    stub.RecordFeedback,
+                    pb.RecordFeedbackRequest(query_id=query_id, idempotency_key=key, **thumbs),
+                )
+                await refused(
+                    "idempotency_key",
+                    stub.RecordSessionFeedback,
+                    pb.RecordSessionFeedbackRequest(
+                        session_id=longest, idempotency_key=key, **thumbs
+                    ),
+                )
+            # Nothing above reached the query; the longest ids and TTL work everywhere.
+            await stub.Track(pb.TrackRequest(query_id=query_id, cost_usd=0.001, ttl_s=MAX_TTL_S))
+            results = await stub.RecordSessionFeedback(
+                pb.RecordSessionFeedbackRequest(
+                    session_id=longest, idempotency_key=longest, **thumbs
+                )
+            )
+            assert [(r.query_id, r.duplicate) for r in results.results] == [(query_id, False)]
+    finally:
+        await server.stop(None)
 
 
 def test_struct_payloads_read_as_message_to_dict_reads_them() -> None:
