@@ -6,6 +6,7 @@ feedback stores serialise decisions with `RoutingDecision.to_dict` / `from_dict`
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,6 +18,33 @@ from conduit_sidecar.models import EXPECTED_OUTPUT_TOKENS, ModelSpec, estimate_i
 from conduit_sidecar.reward import RewardWeights, as_number, check_non_negative
 
 PREFERENCES = ("balanced", "quality", "cost", "speed")
+
+
+def check_id(field_name: str, value: object) -> str:
+    """A non-empty string id (surrounding whitespace is not part of an id)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgument(field_name, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+# json.dumps with any option builds a new encoder per call; this one is built once.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+
+
+def check_json_object(field_name: str, value: object) -> dict[str, Any]:
+    """A mapping with string keys and finite numbers, as a new dict: the durable stores keep
+    it as JSON (a feedback payload, a decision's metadata), so every backend returns it."""
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(field_name, f"must be a mapping, got {type(value).__name__}")
+    obj = dict(value)
+    for key in obj:
+        if not isinstance(key, str):
+            raise InvalidArgument(field_name, f"keys must be strings, got {key!r}")
+    try:
+        _STRICT_JSON.encode(obj)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(field_name, f"must be JSON-serialisable and finite: {exc}") from None
+    return obj
 
 
 def new_query_id() -> str:

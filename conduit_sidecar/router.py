@@ -25,7 +25,13 @@ from conduit_sidecar.models import (
     default_catalogue,
     lookup,
 )
-from conduit_sidecar.query import Query, RoutingDecision, new_query_id
+from conduit_sidecar.query import (
+    Query,
+    RoutingDecision,
+    check_id,
+    check_json_object,
+    new_query_id,
+)
 from conduit_sidecar.reward import (
     PRESETS,
     RewardWeights,
@@ -198,6 +204,19 @@ class Router:
             raise InvalidArgument("text", "must be a non-empty string")
         if len(text) > MAX_TEXT_CHARS:
             raise InvalidArgument("text", f"{len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        metadata = query.metadata
+        if metadata or type(metadata) is not dict:  # the usual {} needs no check
+            metadata = check_json_object("metadata", metadata)
+        # The ids feedback names the decision by later: refused now, not at Track time.
+        query_id = query.query_id
+        if query_id is not None:
+            check_id("query_id", query_id)
+        session_id = query.session_id
+        if session_id is not None:
+            check_id("session_id", session_id)
+        user_id = query.user_id
+        if user_id is not None and not isinstance(user_id, str):
+            raise InvalidArgument("user_id", f"must be a string, got {user_id!r}")
         weights = self._weights(query)
         note = ""
         allowed: list[str] | None = None
@@ -236,7 +255,6 @@ class Router:
         else:
             reasoning = _REASONING_ALONE % (self._kind, arm, scores[arm], uncertainty, counts, note)
         self._tally[arm].selections += 1
-        query_id = query.query_id
         # Positional: keyword arguments to a dataclass cost twice as much (a dict per call).
         return RoutingDecision(
             query_id if query_id is not None else new_query_id(),
@@ -248,9 +266,9 @@ class Router:
             reasoning,
             version,
             weights,
-            query.session_id,
-            query.user_id,
-            query.metadata,
+            session_id,
+            user_id,
+            metadata,
         )
 
     def _weights(self, query: Query) -> RewardWeights:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 
 import pytest
@@ -152,6 +153,17 @@ async def test_preference_and_explicit_weights_are_fixed_on_the_decision() -> No
             "constraints.max_latency_s",
         ),
         (Query(text="q", features=[10**400] * 64), "features"),
+        # Durable stores keep metadata as JSON: a datetime was a TypeError at Track time.
+        (Query(text="q", metadata={"at": datetime.datetime(2026, 1, 1)}), "metadata"),
+        (Query(text="q", metadata={"score": math.nan}), "metadata"),
+        (Query(text="q", metadata={1: "a"}), "metadata"),  # type: ignore[dict-item]
+        (Query(text="q", metadata="tenant=a"), "metadata"),  # type: ignore[arg-type]
+        # Ids feedback must be able to name later (FeedbackEvent / SessionFeedback refuse these).
+        (Query(text="q", session_id=123), "session_id"),  # type: ignore[arg-type]
+        (Query(text="q", session_id=" "), "session_id"),
+        (Query(text="q", query_id=""), "query_id"),
+        (Query(text="q", query_id=42), "query_id"),  # type: ignore[arg-type]
+        (Query(text="q", user_id=["u"]), "user_id"),  # type: ignore[arg-type]
         (
             Query(text="q", constraints=Constraints(max_cost_usd=10**400)),
             "constraints.max_cost_usd",

@@ -8,7 +8,6 @@ event is refused with a `ValueError` naming the field before anything touches a 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -17,33 +16,13 @@ from typing import Any
 
 from conduit_sidecar.errors import InvalidArgument
 from conduit_sidecar.frozen import fast_frozen
+from conduit_sidecar.query import check_id, check_json_object
 from conduit_sidecar.reward import as_number, check_unit
-
-
-def check_id(field_name: str, value: object) -> str:
-    """A non-empty string id (surrounding whitespace is not part of an id)."""
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgument(field_name, f"must be a non-empty string, got {value!r}")
-    return value
-
-
-# json.dumps with any option builds a new encoder per call; this one is built once.
-_STRICT_JSON = json.JSONEncoder(allow_nan=False)
 
 
 def check_payload(value: object) -> dict[str, Any]:
     """A JSON object with finite numbers: it is stored verbatim in every backend."""
-    if not isinstance(value, Mapping):
-        raise InvalidArgument("payload", f"must be a mapping, got {type(value).__name__}")
-    payload = dict(value)
-    for key in payload:
-        if not isinstance(key, str):
-            raise InvalidArgument("payload", f"keys must be strings, got {key!r}")
-    try:
-        _STRICT_JSON.encode(payload)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument("payload", f"must be JSON-serialisable and finite: {exc}") from None
-    return payload
+    return check_json_object("payload", value)
 
 
 @dataclass
