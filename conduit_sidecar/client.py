@@ -16,7 +16,8 @@ Retries (with exponential backoff, within each call's timeout) are limited to wh
   changes nothing (its result is the first one, flagged `duplicate`). Generating a random key
   per call would break exactly that, so the client never invents one.
 - Route retries on UNAVAILABLE only (the request did not reach the service); its query_id is
-  fixed by the client before the first attempt.
+  fixed by the client before the first attempt, so should an attempt have landed after all,
+  the retry is answered with the decision that attempt logged.
 - Update is not idempotent (it applies an observation): it retries on UNAVAILABLE only.
 """
 

@@ -161,7 +161,7 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
                 raise self._text_too_long(text)
             query = Query(text)
             ttl_s = None
-            include_features = False
+            include_features = chosen_id = False
         else:
             text = request.text  # each read of a proto string field builds a new str
             if len(text) > self.max_text_chars:
@@ -183,9 +183,17 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
                 query_id=_key(request.query_id, "query_id") or None,
             )
             include_features = request.include_features
+            chosen_id = bool(request.query_id)
         decision: RoutingDecision = self.router.decide(query)  # route() without a coroutine
         try:
             await self.collector.log_decision(decision, ttl_seconds=ttl_s)
+            if chosen_id:
+                # A client-chosen id may already be pending (a retried Route, an id reused by
+                # the application): the store keeps the first decision and every Track and
+                # signal for the id will update its model, so that decision is the answer.
+                pending = await self.collector.store.get(decision.query_id)
+                if pending is not None:
+                    decision = pending.decision
         except Unavailable as exc:
             # Routing never depends on the store (docs/OPERATIONS.md, failure behaviour): the
             # local policy answers; this decision is not logged, so feedback for it will be

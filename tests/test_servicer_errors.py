@@ -173,6 +173,32 @@ def test_errors_echoing_a_huge_value_keep_their_status(stub: Any) -> None:
     expect(grpc.StatusCode.INVALID_ARGUMENT, "allowed_models", lambda: stub.Route(allowed))
 
 
+def test_a_reused_query_id_answers_the_logged_decision(stub: Any) -> None:
+    # A caller-chosen query_id (the application's request id) that is already pending: a
+    # retried Route, or an id reused by the application. The store keeps the first decision
+    # and all feedback for the id updates its model; the second Route used to answer a fresh
+    # decision, so the application called a model whose outcome was credited to another.
+    def weight(model: str) -> float:
+        stats = stub.GetStats(pb.GetStatsRequest())
+        return next(m.weight_sum for m in stats.models if m.model_id == model)
+
+    def route(model: str) -> pb.RouteResponse:
+        only = pb.Constraints(allowed_models=[model])
+        return routed(stub, query_id="app-request-17", constraints=only, include_features=True)
+
+    first = route("gpt-4o-mini")
+    again = route("gpt-4o")
+    assert again.selected_model == first.selected_model == "gpt-4o-mini"
+    assert (again.propensity, again.features) == (first.propensity, first.features)
+    before = weight(again.selected_model)
+    stub.RecordFeedback(
+        pb.RecordFeedbackRequest(
+            query_id="app-request-17", signal_type="thumbs", payload=payload(value="up")
+        )
+    )
+    assert weight(again.selected_model) > before
+
+
 def test_expired_query_is_not_found(stub: Any) -> None:
     query_id = routed(stub, ttl_s=0.2).query_id
     time.sleep(0.5)
