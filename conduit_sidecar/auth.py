@@ -58,7 +58,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Refuses every call but health checks unless it carries the configured bearer token."""
 
     def __init__(self, token: str, observe: RpcObserver | None = None) -> None:
-        self._token = token.encode()
+        # Stripped as `bearer_token` strips what clients send: a token read from a file or a
+        # Kubernetes Secret often ends in a newline, which no header value can carry.
+        self._token = token.strip().encode()
         self._observe = observe
 
     def check(self, metadata: Any) -> str | None:

@@ -108,6 +108,8 @@ class _Base:
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
+        # Stripped as the server strips it: a header value cannot end in a newline.
+        token = token.strip() if token else None
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._credentials = (
             grpc.ssl_channel_credentials(root_certificates)

@@ -104,6 +104,25 @@ def test_token_parsing_and_constant_time_check() -> None:
     assert "wrong" in (interceptor.check([("authorization", "Bearer abd")]) or "")
 
 
+def test_a_token_read_from_a_file_with_its_newline_still_matches(tmp_path: Path) -> None:
+    # A token mounted from a Kubernetes Secret or written with `echo` ends in a newline. The
+    # server strips what clients send (and a header value cannot carry a newline at all), so
+    # a configured "token\n" used to match nothing: every call was UNAUTHENTICATED, and a
+    # client given the same file's text failed before sending ("Invalid metadata").
+    server = Sidecar(
+        ["--store-url", "memory://"], tmp_path / "sidecar.log", env={"CONDUIT_TOKEN": TOKEN + "\n"}
+    )
+    try:
+        assert call_route(server, bearer(TOKEN)).selected_model
+        with ConduitClient(server.target, token=TOKEN + "\n") as client:
+            assert client.route(Query(text="token from a file")).selected_model
+        with pytest.raises(grpc.RpcError) as info:
+            call_route(server, bearer(TOKEN + "x"))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        assert server.terminate() == 0
+
+
 def test_blank_token_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(SidecarExited, match="token: must not be blank"):
         started = Sidecar([], tmp_path / "log", env={"CONDUIT_TOKEN": "   "})
