@@ -24,6 +24,7 @@ Retries (with exponential backoff, within each call's timeout) are limited to wh
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +71,7 @@ __all__ = [
 _T = TypeVar("_T")
 SAFE_TO_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 NOT_DELIVERED = (grpc.StatusCode.UNAVAILABLE,)
+MAX_TIMEOUT_S = 1e9  # about 31 years: "no timeout" for any caller, and a deadline grpc keeps
 # The generated stub is untyped; one typed alias keeps mypy strict everywhere else.
 _Stub: Callable[[Any], Any] = _pb_grpc.ConduitServiceStub
 
@@ -102,8 +104,16 @@ class _Base:
         root_certificates: bytes | None,
         tls: bool,
     ) -> None:
-        if timeout_s <= 0 or max_attempts < 1 or backoff_s < 0:
-            raise ValueError("timeout_s > 0, max_attempts >= 1 and backoff_s >= 0 are required")
+        # grpc turns a deadline past 2**63 ns (~292 years; inf included) into one already
+        # passed: every call would fail at once. NaN fails every comparison, hence `not`.
+        if not 0 < timeout_s <= MAX_TIMEOUT_S:
+            raise ValueError(
+                f"timeout_s must be > 0 and at most {MAX_TIMEOUT_S:g}, got {timeout_s}"
+            )
+        if not 0 <= backoff_s < math.inf:
+            raise ValueError(f"backoff_s must be finite and >= 0, got {backoff_s}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.target = target
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts

@@ -3,6 +3,7 @@ the library's exceptions, and retries ride out a sidecar restart."""
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -132,3 +133,12 @@ def test_feedback_retries_ride_out_a_sidecar_restart(tmp_path: Path) -> None:
 def test_client_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="timeout_s"):
         ConduitClient(timeout_s=0)
+    # An infinite (or past ~292 years) timeout was accepted, and grpc then failed every call
+    # at once with DEADLINE_EXCEEDED, reported as Unavailable; a NaN backoff made the first
+    # retry's sleep raise.
+    for timeout_s in (math.inf, math.nan, 1e12):
+        with pytest.raises(ValueError, match="timeout_s"):
+            ConduitClient(timeout_s=timeout_s)
+    for backoff_s in (math.inf, math.nan):
+        with pytest.raises(ValueError, match="backoff_s"):
+            ConduitClient(backoff_s=backoff_s)
