@@ -71,7 +71,11 @@ def format_stats(stats: object) -> str:
 def _stats(args: argparse.Namespace) -> int:
     from .client import ConduitClient
 
-    with ConduitClient(args.target, token=args.token, timeout_s=args.timeout_s) as client:
+    try:
+        client = ConduitClient(args.target, token=args.token, timeout_s=args.timeout_s)
+    except ValueError as exc:  # a bad --timeout-s: a usage error, not a traceback
+        raise ConfigError(str(exc)) from None
+    with client:
         print(format_stats(client.get_stats()))
     return 0
 

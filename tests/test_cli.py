@@ -53,6 +53,13 @@ def test_serve_refuses_bad_settings_with_exit_code_2(capsys: pytest.CaptureFixtu
     assert "feature_dim (--feature-dim): expected int" in capsys.readouterr().err
 
 
+def test_stats_refuses_a_bad_timeout_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    # The client's ValueError used to escape main() as a traceback.
+    for value in ("0", "inf"):
+        assert main(["stats", "--target", "127.0.0.1:1", "--timeout-s", value]) == 2
+        assert "timeout_s must be > 0" in capsys.readouterr().err
+
+
 async def test_demo_shows_routing_shift_with_a_progress_bar() -> None:
     out = io.StringIO()
     assert await run_demo(rounds=100, seed=1, out=out) == 0
