@@ -24,7 +24,21 @@ def check_id(field_name: str, value: object) -> str:
     """A non-empty string id (surrounding whitespace is not part of an id)."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidArgument(field_name, f"must be a non-empty string, got {value!r}")
+    check_unicode(field_name, value)
     return value
+
+
+def check_unicode(field_name: str, value: str) -> None:
+    """Refuses a string UTF-8 cannot encode: a Python str may hold a lone surrogate (a gRPC
+    string never does), which the core and the durable stores would reject later with an
+    error that names no field."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(
+                field_name, f"not valid Unicode ({exc.reason} at position {exc.start})"
+            ) from None
 
 
 # json.dumps with any option builds a new encoder per call; this one is built once.

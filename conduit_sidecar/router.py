@@ -30,6 +30,7 @@ from conduit_sidecar.query import (
     RoutingDecision,
     check_id,
     check_json_object,
+    check_unicode,
     new_query_id,
 )
 from conduit_sidecar.reward import (
@@ -215,8 +216,10 @@ class Router:
         if session_id is not None:
             check_id("session_id", session_id)
         user_id = query.user_id
-        if user_id is not None and not isinstance(user_id, str):
-            raise InvalidArgument("user_id", f"must be a string, got {user_id!r}")
+        if user_id is not None:
+            if not isinstance(user_id, str):
+                raise InvalidArgument("user_id", f"must be a string, got {user_id!r}")
+            check_unicode("user_id", user_id)
         weights = self._weights(query)
         note = ""
         allowed: list[str] | None = None
@@ -226,10 +229,15 @@ class Router:
                 allowed = eligible
         if query.features is None:
             # Featurise, select, runner-up and margin in one native call.
-            arm, scores, propensity, uncertainty, runner_up, margin, features, version = (
-                self.policy.route(self._hasher, text, allowed)
-            )
+            try:
+                arm, scores, propensity, uncertainty, runner_up, margin, features, version = (
+                    self.policy.route(self._hasher, text, allowed)
+                )
+            except UnicodeEncodeError:
+                check_unicode("text", text)  # raises InvalidArgument naming the field
+                raise
         else:
+            check_unicode("text", text)
             x = self.check_features(query.features, "features")
             selection = self.policy.select(x, allowed)
             arm, scores = selection.arm, selection.scores

@@ -164,6 +164,13 @@ async def test_preference_and_explicit_weights_are_fixed_on_the_decision() -> No
         (Query(text="q", query_id=""), "query_id"),
         (Query(text="q", query_id=42), "query_id"),  # type: ignore[arg-type]
         (Query(text="q", user_id=["u"]), "user_id"),  # type: ignore[arg-type]
+        # A lone surrogate (possible in a Python str, never in a gRPC string): the core's
+        # featuriser and the stores' UTF-8 encoding raised UnicodeEncodeError naming nothing.
+        (Query(text="caf\udce9"), "text"),
+        (Query(text="caf\udce9", features=[0.5] * 64), "text"),
+        (Query(text="q", query_id="id-\ud800"), "query_id"),
+        (Query(text="q", session_id="s-\ud800"), "session_id"),
+        (Query(text="q", user_id="u-\ud800"), "user_id"),
         (
             Query(text="q", constraints=Constraints(max_cost_usd=10**400)),
             "constraints.max_cost_usd",
