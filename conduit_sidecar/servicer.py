@@ -226,15 +226,19 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
 
     @grpc_method
     async def Track(self, request: _pb.TrackRequest, context: Any) -> _pb.TrackResponse:
+        query_id = _key(request.query_id, "query_id")
+        if not query_id.strip():
+            # The collector would name its parameter ("decision"), not this request's field.
+            raise InvalidArgument("query_id", f"must be a non-empty string, got {query_id!r}")
         await self.collector.track(
-            _key(request.query_id, "query_id"),
+            query_id,
             cost=_optional(request, "cost_usd"),
             latency=_optional(request, "latency_s"),
             error=request.error,
             retries=request.retries,
             ttl_seconds=_ttl(request),
         )
-        return _pb.TrackResponse(query_id=request.query_id)
+        return _pb.TrackResponse(query_id=query_id)
 
     @grpc_method
     async def RecordFeedback(

@@ -110,6 +110,14 @@ def test_track_refuses_bad_outcomes_and_unknown_queries(stub: Any) -> None:
         "no-such-query",
         lambda: stub.Track(pb.TrackRequest(query_id="no-such-query", cost_usd=0.001)),
     )
+    # The message starts with the request's field, not the Python API's parameter
+    # ("decision: must be a RoutingDecision or a query_id" meant nothing to a Go client).
+    for blank in ("", "  "):
+        request = pb.TrackRequest(query_id=blank, cost_usd=0.001)
+        details = expect(
+            grpc.StatusCode.INVALID_ARGUMENT, "query_id", lambda r=request: stub.Track(r)
+        )
+        assert details.startswith("query_id: "), details
     # Nothing above touched the query: it still takes its outcome.
     stub.Track(pb.TrackRequest(query_id=query_id, cost_usd=0.001, latency_s=0.4))
 
