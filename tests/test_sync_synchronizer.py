@@ -19,6 +19,7 @@ from sync_backends import BACKENDS, SHARED_BACKENDS, store_factory
 from sync_cluster import PrivateRedis
 
 from conduit_sidecar.bandit import FeatureHasher
+from conduit_sidecar.errors import Unavailable
 from conduit_sidecar.feedback import FeedbackCollector, FeedbackEvent
 from conduit_sidecar.query import Query
 from conduit_sidecar.router import Router
@@ -370,3 +371,33 @@ async def test_a_restart_under_the_same_replica_id_publishes_its_new_learning(
     await new.sync_once()
     (reader,) = await replicas(make_store, 1)
     assert_same_policy(reader.router, replay(before + after))
+
+
+async def test_a_clean_stop_publishes_learning_made_while_a_delta_was_pending(
+    tmp_path: Path,
+) -> None:
+    # A delta the store refused stays pending; what the policy learns after that must still
+    # reach the store by the end of stop(), which runs one last sync (docs/OPERATIONS.md: a
+    # clean shutdown loses nothing). A private redis-server so the outage is real.
+    redis = PrivateRedis(tmp_path)
+    stores = [RedisPolicyStateStore.from_url(redis.url, namespace="t") for _ in range(2)]
+    writer = PolicySynchronizer(Router(MODELS, feature_dim=DIM), stores[0], sync_interval_s=60)
+    reader = PolicySynchronizer(Router(MODELS, feature_dim=DIM), stores[1], sync_interval_s=60)
+    try:
+        await writer.restore()
+        await reader.restore()
+        during, after = observations(70, 10), observations(71, 10)
+        apply(writer.router, during)
+        redis.stop()
+        with pytest.raises(Unavailable):
+            await writer.sync_once()
+        assert writer.status.pending
+        redis.start()
+        apply(writer.router, after)
+        await writer.stop()
+        await reader.sync_once()
+        assert_same_policy(reader.router, replay(during + after))
+    finally:
+        for store in stores:
+            await store.close()
+        redis.stop()

@@ -241,6 +241,15 @@ class PolicySynchronizer:
         return [spec.id for spec in self.router.models]
 
     async def _publish_locked(self) -> None:
+        # A delta already pending (a publish the store refused, or learning a rebuild kept)
+        # holds back what the policy learned since; publish that too before returning, or
+        # stop()'s last sync and an eager flush would return with it still unpublished.
+        carried = self._pending is not None
+        await self._publish_one_locked()
+        if carried:
+            await self._publish_one_locked()
+
+    async def _publish_one_locked(self) -> None:
         policy = self.router.policy
         if self._pending is None and policy.version != self._seen_version:
             delta = policy.take_delta()
