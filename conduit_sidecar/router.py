@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast, get_args
@@ -124,6 +125,9 @@ class Router:
             raise InvalidArgument("policy", str(exc)) from None
         self._kind = config.kind
         self._tally = {model_id: _Tally() for model_id in self._specs}
+        # When each model added at run time joined (time.time()): its arm starts empty, so
+        # feedback for a query routed before then belongs to an earlier arm of that id.
+        self._added_at: dict[str, float] = {}
 
     @staticmethod
     def _spec(model: str | ModelSpec) -> ModelSpec:
@@ -180,6 +184,7 @@ class Router:
             raise InvalidArgument("model_id", str(exc)) from None
         self._specs[resolved.id] = resolved
         self._tally[resolved.id] = _Tally()
+        self._added_at[resolved.id] = time.time()
 
     def remove_model(self, model_id: str) -> None:
         self.model(model_id)
@@ -362,12 +367,22 @@ class Router:
         features: Sequence[float],
         old: tuple[float, float] | None,
         new: tuple[float, float],
+        *,
+        routed_at: float | None = None,
     ) -> None:
         """Move a query's single observation from `old` (reward, weight) to `new` by the net
         delta (DESIGN section 2); `old` None means the query had no observation yet. The
         weight of an observation never decreases, so the policy only gains positive rank-1
-        terms."""
+        terms. `routed_at` (the decision's `created_at`) refuses a query routed before
+        `model_id` was last added: its observation, or the one being replaced, was never
+        part of the current arm."""
         self.model(model_id)
+        if routed_at is not None and routed_at < self._added_at.get(model_id, -math.inf):
+            raise InvalidArgument(
+                "model_id",
+                f"{model_id!r} was added again after this query was routed; "
+                "its new arm does not learn from the earlier arm's queries",
+            )
         x = self.check_features(features, "features")
         new_reward, new_weight = _pair(new, "new")
         if old is None:

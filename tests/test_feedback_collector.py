@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conduit_sidecar import Query, Router
+from conduit_sidecar import Constraints, Query, Router
 from conduit_sidecar.errors import InvalidArgument, NotFound
 from conduit_sidecar.feedback import (
     FeedbackAdapter,
@@ -387,6 +387,36 @@ async def test_feedback_for_a_removed_model_is_stored_without_failing(
     assert not result.duplicate
     assert "not applied to the policy" in caplog.text
     assert await collector.feedback_counts() == {"thumbs": 1}
+
+
+async def test_a_model_added_again_does_not_learn_from_its_earlier_arms_queries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = small_router()
+    collector = FeedbackCollector(router)
+    before = await tracked(collector)
+    model = before.selected_model
+    await collector.record(FeedbackEvent(before.query_id, "thumbs", {"value": "up"}))
+    router.remove_model(model)
+    router.add_model(model)
+    # A second signal for the old query used to re-apply its net delta to the fresh arm,
+    # subtracting an observation that arm never had (theta went negative).
+    with caplog.at_level(logging.WARNING, logger="conduit_sidecar.feedback.collector"):
+        result = await collector.record(
+            FeedbackEvent(before.query_id, "thumbs", {"value": "down"}, idempotency_key="again")
+        )
+    assert not result.duplicate
+    assert "added again" in caplog.text
+    theta = router.policy.theta(model)
+    assert theta is not None and not np.any(theta)
+    assert router.stats()[model].updates == 0
+    # Queries routed to the new arm learn as usual.
+    after = await router.route(
+        Query(text="What is Python?", constraints=Constraints(allowed_models=[model]))
+    )
+    await collector.track(after, cost=0.001, latency=0.5)
+    await collector.record(FeedbackEvent(after.query_id, "thumbs", {"value": "up"}))
+    assert router.stats()[model].updates == 1
 
 
 async def test_session_feedback_with_a_bad_payload_changes_nothing() -> None:

@@ -156,10 +156,17 @@ class FeedbackCollector:
         if old == new:
             return new
         try:
-            self.router.apply_observation(decision.selected_model, decision.features, old, new)
+            self.router.apply_observation(
+                decision.selected_model,
+                decision.features,
+                old,
+                new,
+                routed_at=decision.created_at,
+            )
         except ValueError as exc:
             # The signal is stored either way; the usual cause is a model removed from the
-            # catalogue since the decision, whose arm no longer exists to learn from it.
+            # catalogue since the decision (or removed and added again), whose arm no longer
+            # exists to learn from it.
             logger.warning(
                 "feedback for query %s recorded but not applied to the policy: %s",
                 decision.query_id,
