@@ -55,6 +55,8 @@ class ObservationSink(Protocol):
         features: Sequence[float],
         old: tuple[float, float] | None,
         new: tuple[float, float],
+        *,
+        routed_at: float | None = None,
     ) -> None: ...
 
     def record_outcome(
