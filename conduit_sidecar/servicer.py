@@ -22,7 +22,7 @@ from .config import MAX_TTL_S
 from .errors import InvalidArgument, Unavailable
 from .feedback import FeedbackEvent, SessionFeedback
 from .query import Constraints, Query, RoutingDecision
-from .reward import RewardWeights
+from .reward import RewardWeights, check_non_negative
 from .status import RpcObserver, grpc_method
 
 _log = logging.getLogger(__name__)
@@ -283,9 +283,11 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
         confidence = _optional(request, "confidence")
         reward = await self.router.update(
             model_id=request.model_id,
-            cost=request.cost_usd,
+            # Checked here so that a refusal names this request's fields, not the Python
+            # API's `cost` and `latency` parameters.
+            cost=check_non_negative("cost_usd", request.cost_usd),
             quality_score=request.quality_score,
-            latency=request.latency_s,
+            latency=check_non_negative("latency_s", request.latency_s),
             features=list(request.features),
             confidence=1.0 if confidence is None else confidence,
             reward_weights=(

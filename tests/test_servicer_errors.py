@@ -243,10 +243,11 @@ def test_update_refuses_bad_input(stub: Any) -> None:
     base = {"model_id": "gpt-4o-mini", "cost_usd": 0.001, "quality_score": 0.8, "latency_s": 1}
     cases = [
         ("model_id", {**base, "model_id": "no-such-model"}),
-        ("cost", {**base, "cost_usd": math.nan}),
-        ("cost", {**base, "cost_usd": -1.0}),
+        # The request's field names, not the Python API's cost / latency parameters.
+        ("cost_usd: ", {**base, "cost_usd": math.nan}),
+        ("cost_usd: ", {**base, "cost_usd": -1.0}),
         ("quality_score", {**base, "quality_score": 1.5}),
-        ("latency", {**base, "latency_s": -3.0}),
+        ("latency_s: ", {**base, "latency_s": -3.0}),
         ("confidence", {**base, "confidence": 2.0}),
     ]
     for field, values in cases:
