@@ -20,6 +20,34 @@ from conduit_sidecar.reward import RewardWeights, as_number, check_non_negative
 PREFERENCES = ("balanced", "quality", "cost", "speed")
 
 
+MAX_TEXT_CHARS = 100_000
+
+
+def check_query(query: Query) -> dict[str, Any]:
+    """Refuses, naming the field, a query the Router cannot route or the durable stores could
+    not keep, before anything changes; returns the metadata to log. Whether UTF-8 can encode
+    the text is left to the caller (free on the native featurising path)."""
+    text = query.text
+    if not isinstance(text, str) or not text or text.isspace():
+        raise InvalidArgument("text", "must be a non-empty string")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidArgument("text", f"{len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    metadata = query.metadata
+    if metadata or type(metadata) is not dict:  # the usual {} needs no check
+        metadata = check_json_object("metadata", metadata)
+    # The ids feedback names the decision by later: refused now, not at Track time.
+    if query.query_id is not None:
+        check_id("query_id", query.query_id)
+    if query.session_id is not None:
+        check_id("session_id", query.session_id)
+    user_id = query.user_id
+    if user_id is not None:
+        if not isinstance(user_id, str):
+            raise InvalidArgument("user_id", f"must be a string, got {user_id!r}")
+        check_unicode("user_id", user_id)
+    return metadata
+
+
 def check_id(field_name: str, value: object) -> str:
     """A non-empty string id (surrounding whitespace is not part of an id)."""
     if not isinstance(value, str) or not value.strip():

@@ -29,8 +29,7 @@ from conduit_sidecar.models import (
 from conduit_sidecar.query import (
     Query,
     RoutingDecision,
-    check_id,
-    check_json_object,
+    check_query,
     check_unicode,
     new_query_id,
 )
@@ -43,7 +42,6 @@ from conduit_sidecar.reward import (
     resolve_weights,
 )
 
-MAX_TEXT_CHARS = 100_000
 POLICY_KINDS: tuple[str, ...] = get_args(PolicyKind)
 _DEFAULT_DIM = 64
 
@@ -206,25 +204,7 @@ class Router:
     def decide(self, query: Query) -> RoutingDecision:
         """Synchronous body of `route` (for simulations and non-async callers)."""
         text = query.text
-        if not isinstance(text, str) or not text or text.isspace():
-            raise InvalidArgument("text", "must be a non-empty string")
-        if len(text) > MAX_TEXT_CHARS:
-            raise InvalidArgument("text", f"{len(text)} characters; the limit is {MAX_TEXT_CHARS}")
-        metadata = query.metadata
-        if metadata or type(metadata) is not dict:  # the usual {} needs no check
-            metadata = check_json_object("metadata", metadata)
-        # The ids feedback names the decision by later: refused now, not at Track time.
-        query_id = query.query_id
-        if query_id is not None:
-            check_id("query_id", query_id)
-        session_id = query.session_id
-        if session_id is not None:
-            check_id("session_id", session_id)
-        user_id = query.user_id
-        if user_id is not None:
-            if not isinstance(user_id, str):
-                raise InvalidArgument("user_id", f"must be a string, got {user_id!r}")
-            check_unicode("user_id", user_id)
+        metadata = check_query(query)
         weights = self._weights(query)
         note = ""
         allowed: list[str] | None = None
@@ -270,7 +250,7 @@ class Router:
         self._tally[arm].selections += 1
         # Positional: keyword arguments to a dataclass cost twice as much (a dict per call).
         return RoutingDecision(
-            query_id if query_id is not None else new_query_id(),
+            query.query_id if query.query_id is not None else new_query_id(),
             arm,
             confidence,
             features,
@@ -279,8 +259,8 @@ class Router:
             reasoning,
             version,
             weights,
-            session_id,
-            user_id,
+            query.session_id,
+            query.user_id,
             metadata,
         )
 

@@ -13,9 +13,8 @@ from conduit_sidecar import Query, Router
 from conduit_sidecar.bandit import FeatureHasher, PolicyConfig
 from conduit_sidecar.errors import InvalidArgument, NoEligibleModel
 from conduit_sidecar.models import ModelSpec, default_catalogue
-from conduit_sidecar.query import Constraints
+from conduit_sidecar.query import MAX_TEXT_CHARS, Constraints
 from conduit_sidecar.reward import PRESETS, RewardWeights, compose_reward
-from conduit_sidecar.router import MAX_TEXT_CHARS
 
 CHEAP = ModelSpec("cheap", "test", 0.1, 0.4, 0.8, 0.5)
 MID = ModelSpec("mid", "test", 1.0, 4.0, 2.0, 0.7)
