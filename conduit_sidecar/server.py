@@ -185,9 +185,11 @@ class SidecarServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, _health_pb2.HealthCheckResponse.SERVING)
         if self.config.metrics_port is not None:
-            self.metrics_port = self.metrics.start(
-                self.config.metrics_host, self.config.metrics_port
-            )
+            host, port = self.config.metrics_host, self.config.metrics_port
+            try:
+                self.metrics_port = self.metrics.start(host, port)
+            except OSError as exc:  # taken port, unknown host: say which setting
+                raise OSError(f"metrics_port: cannot serve on {host}:{port}: {exc}") from None
         self._refresh_task = asyncio.create_task(self._refresh_gauges())
         host = self.config.listen.rpartition(":")[0]
         log.info(

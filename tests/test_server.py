@@ -231,6 +231,15 @@ def test_a_taken_port_is_a_clear_startup_error(sidecar: Sidecar) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert f"listen: cannot bind {sidecar.target}" in result.stderr
+    # The metrics port too: it used to say only "[Errno 98] Address already in use".
+    assert sidecar.metrics_port is not None
+    result = subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
+         "--store-url", "memory://", "--metrics-port", str(sidecar.metrics_port)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"metrics_port: cannot serve on 127.0.0.1:{sidecar.metrics_port}" in result.stderr
 
 
 async def test_shutdown_runs_every_hook_after_draining() -> None:
