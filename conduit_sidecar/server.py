@@ -17,6 +17,7 @@ import gc
 import json
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -108,6 +109,20 @@ def add_conduit_service(servicer: ConduitServicer, server: Any) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
+def _check_tls_pair(cert_path: str, key_path: str) -> None:
+    """OSError naming the settings unless the files are a PEM certificate and its key: grpc
+    only reports that it could not bind, which blamed `listen` for a bad certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # An empty password: an encrypted key fails here instead of prompting on a terminal
+        # (grpc cannot use one either).
+        context.load_cert_chain(cert_path, key_path, password="")
+    except (ssl.SSLError, ValueError) as exc:
+        raise OSError(
+            f"tls_cert/tls_key: not a usable PEM certificate and private key ({exc})"
+        ) from None
+
+
 class SidecarServer:
     """One sidecar: the gRPC server over a SidecarApp, with health, reflection and metrics."""
 
@@ -166,6 +181,7 @@ class SidecarServer:
         listen = self.config.listen
         try:
             if self.config.tls_cert and self.config.tls_key:
+                _check_tls_pair(self.config.tls_cert, self.config.tls_key)
                 key = Path(self.config.tls_key).read_bytes()
                 cert = Path(self.config.tls_cert).read_bytes()
                 port = server.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))

@@ -242,6 +242,20 @@ def test_a_taken_port_is_a_clear_startup_error(sidecar: Sidecar) -> None:
     assert f"metrics_port: cannot serve on 127.0.0.1:{sidecar.metrics_port}" in result.stderr
 
 
+def test_an_unusable_tls_certificate_is_named_at_startup(tmp_path: Path) -> None:
+    # grpc only reports that it failed to bind: the error used to blame "listen".
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
+         "--store-url", "memory://", "--tls-cert", str(cert), "--tls-key", str(key)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "tls_cert/tls_key: not a usable PEM certificate and private key" in result.stderr
+
+
 async def test_shutdown_runs_every_hook_after_draining() -> None:
     config = SidecarConfig(listen="127.0.0.1:0", store_url="memory://").validate()
     server = SidecarServer(config, await SidecarApp.create(config), shutdown_delay_s=0.0)
