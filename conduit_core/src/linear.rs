@@ -7,7 +7,10 @@
 //! - the rank-1 terms for `A` are buffered and folded in `PENDING` at a time, so `A` (which
 //!   only the exact re-factorisation, snapshots and merges read) costs one pass per batch;
 //! - discounting is a lazy scalar: the true matrices are `scale·A` and `A⁻¹/scale`, so
-//!   forgetting costs O(1) instead of a pass over both matrices;
+//!   forgetting costs O(1) instead of a pass over both matrices. The scale shrinks the ridge
+//!   too, so every exact re-factorisation puts the ridge back to `λI` (the prior is not an
+//!   observation to forget), and one runs early once the ridge is down to `RIDGE_FLOOR·λ`:
+//!   `A ⪰ RIDGE_FLOOR·λI` always, so `A⁻¹` stays bounded however long the run;
 //! - from `LAZY_INV_MIN_DIM` on, the Sherman–Morrison corrections of `A⁻¹` are buffered too
 //!   (`A⁻¹ = a_inv + Σ c_k·u_k·u_kᵀ`, at most `INV_PENDING` terms) and folded into `a_inv` and
 //!   its f32 mirror in one pass: an update then reads `a_inv` once (for `u = A⁻¹x`) instead
@@ -39,8 +42,12 @@ pub const LAZY_INV_MIN_DIM: usize = MIRROR_MIN_DIM;
 /// the arm is then re-factorised exactly from `A` instead.
 const MIN_SM_DENOMINATOR: f64 = 1e-2;
 
-/// Lazy scales below this are folded into the stored matrices to stay clear of underflow.
-const MIN_SCALE: f64 = 1e-150;
+/// Smallest fraction of the ridge that discounting may leave before an exact
+/// re-factorisation restores it (and folds the lazy scale). Without it a direction the recent
+/// observations never touch keeps only `discount^n·λ`: its width grows without bound and
+/// `A⁻¹` eventually overflows. 1e-3 keeps such a width within 32x of the prior's, and at
+/// `discount = 0.99` re-factorises every 688 updates, near the default period of 1000.
+pub const RIDGE_FLOOR: f64 = 1e-3;
 
 /// A linear arm's sufficient statistics and the caches derived from them.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +63,9 @@ pub struct LinearStats {
     pub(crate) b: Vec<f64>,
     pub(crate) theta: Vec<f64>,
     pub(crate) scale: f64,
+    /// λ: the stored `a` holds `λI` plus the observations, so the true ridge is `scale·λ`
+    /// until [`Self::refactor`] or [`Self::merge`] restores it. From the config; not serialised.
+    pub(crate) ridge: f64,
     /// Sherman–Morrison steps since the last exact factorisation.
     pub(crate) since_refactor: u64,
     /// Buffered rank-1 terms for `a`: weights already divided by `scale`, vectors row-major.
@@ -95,6 +105,7 @@ impl LinearStats {
             b: vec![0.0; dim],
             theta: vec![0.0; dim],
             scale: 1.0,
+            ridge,
             since_refactor: 0,
             pending_w: Vec::with_capacity(PENDING),
             pending_x: Vec::with_capacity(PENDING * dim),
@@ -199,8 +210,8 @@ impl LinearStats {
             *v *= gamma;
         }
         // θ = (γA)⁻¹(γb) is unchanged.
-        if self.scale < MIN_SCALE {
-            self.fold_scale();
+        if self.scale < RIDGE_FLOOR {
+            self.refactor();
         }
     }
 
@@ -317,11 +328,21 @@ impl LinearStats {
         (xx, rx)
     }
 
-    fn fold_scale(&mut self) {
+    /// Folds the lazy scale into `a` and `a_inv` and puts the discounted ridge back: the true
+    /// `A` gains `(1 − scale)·λI`. `a_inv` is then stale when `scale < 1`, so only callers
+    /// that re-factorise right after use this (a no-op without discounting).
+    fn fold_scale_restoring_ridge(&mut self) {
         self.flush();
         let s = self.scale;
+        if s == 1.0 {
+            return;
+        }
         for v in &mut self.a {
             *v *= s;
+        }
+        let restore = (1.0 - s) * self.ridge;
+        for i in 0..self.dim {
+            self.a[crate::kernels::row_start(self.dim, i)] += restore;
         }
         for v in &mut self.a_inv {
             *v /= s;
@@ -355,11 +376,20 @@ impl LinearStats {
     /// Adds `xx` (packed `Σ w·x·xᵀ`) and `rx` (`Σ w·r·x`) from another replica and
     /// re-factorises exactly. Fails, leaving everything unchanged, if the sum is not SPD.
     pub fn merge(&mut self, xx: &[f64], rx: &[f64]) -> CoreResult<()> {
-        self.fold_scale();
-        let a: Vec<f64> = self.a.iter().zip(xx).map(|(a, m)| a + m).collect();
+        self.flush();
+        // The true A (lazy scale folded, discounted ridge restored, see `RIDGE_FLOOR`) plus
+        // the delta, built aside so that a failure changes nothing.
+        let s = self.scale;
+        let mut a: Vec<f64> = self.a.iter().zip(xx).map(|(a, m)| a * s + m).collect();
+        if s != 1.0 {
+            for i in 0..self.dim {
+                a[crate::kernels::row_start(self.dim, i)] += (1.0 - s) * self.ridge;
+            }
+        }
         let a_inv = invert_spd_packed(&a, self.dim).ok_or_else(|| {
             CoreError::corrupt("delta", "merged statistics are not positive definite")
         })?;
+        self.scale = 1.0;
         if !self.explicit_delta {
             // Merged terms are not local: keep them out of the next take (no echo).
             for (b, m) in self.delta_base.iter_mut().zip(xx) {
@@ -377,11 +407,13 @@ impl LinearStats {
         Ok(())
     }
 
-    /// Exact re-factorisation: `A⁻¹` recomputed from `A` by Cholesky, `θ = A⁻¹b`.
+    /// Exact re-factorisation: `A⁻¹` recomputed from `A` by Cholesky, `θ = A⁻¹b`; with
+    /// discounting, the ridge is restored to `λI` first.
     pub fn refactor(&mut self) {
-        self.fold_scale();
+        self.fold_scale_restoring_ridge();
         // `A ⪰ λI` always holds for consistent bookkeeping, so the factorisation succeeds;
-        // if rounding ever made it fail, the Sherman–Morrison inverse is kept as it is.
+        // if rounding ever made it fail, the Sherman–Morrison inverse is kept (the inverse
+        // of the matrix before the ridge was restored: wider, never narrower).
         if let Some(inv) = invert_spd_packed(&self.a, self.dim) {
             self.a_inv = inv;
             self.refresh_mirror();

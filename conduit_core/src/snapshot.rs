@@ -173,6 +173,7 @@ impl Bandit {
                         b: r.f64s(dim, "b")?,
                         theta: r.f64s(dim, "theta")?,
                         scale: r.f64("scale")?,
+                        ridge: config.ridge,
                         since_refactor: r.u64()?,
                         pending_w: Vec::with_capacity(PENDING),
                         pending_x: Vec::with_capacity(PENDING * dim),
