@@ -10,7 +10,8 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from ._proto import conduit_pb2 as _pb
-from .feedback.events import FeedbackEvent, FeedbackResult, SessionFeedback
+from .errors import InvalidArgument
+from .feedback.events import FeedbackEvent, FeedbackResult, SessionFeedback, check_payload
 from .models import ModelSpec
 from .query import Query, RoutingDecision
 from .reward import RewardWeights
@@ -41,39 +42,60 @@ class SidecarStats:
 
 
 def _struct(payload: dict[str, Any]) -> struct_pb2.Struct:
+    # The library's own check first: its refusals name the payload and its messages are the
+    # embedded library's (non-string keys, values that are not JSON, non-finite numbers).
     message = struct_pb2.Struct()
-    message.update(payload)
+    message.update(check_payload(payload))
     return message
 
 
-def _weights(w: RewardWeights) -> _pb.RewardWeights:
-    return _pb.RewardWeights(quality=w.quality, cost=w.cost, latency=w.latency)
+def _set(message: Any, **values: Any) -> None:
+    """Sets fields of `message`; what protobuf cannot encode (a negative uint32, a str for a
+    double, a non-iterable repeated field, ...) is InvalidArgument naming the field, the
+    exception the library raises for bad input, instead of protobuf's own TypeError or
+    ValueError."""
+    fields = message.DESCRIPTOR.fields_by_name
+    for name, value in values.items():
+        try:
+            if fields[name].is_repeated:  # a repeated or map field: filled, not assigned
+                target = getattr(message, name)
+                target.update(value) if isinstance(value, dict) else target.extend(value)
+            else:
+                setattr(message, name, value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArgument(name, f"cannot be sent: {exc}") from None
 
 
 def route_request(query: Query, include_features: bool, ttl_s: float | None) -> _pb.RouteRequest:
-    request = _pb.RouteRequest(
+    request = _pb.RouteRequest()
+    _set(
+        request,
         text=query.text,
         session_id=query.session_id or "",
         user_id=query.user_id or "",
         metadata={str(k): str(v) for k, v in query.metadata.items()},
-        features=list(query.features or ()),
+        features=query.features if query.features is not None else (),
         preference=query.preference or "",
         query_id=query.query_id or "",
         include_features=include_features,
     )
     if query.reward_weights is not None:
-        request.reward_weights.CopyFrom(_weights(query.reward_weights))
+        w = query.reward_weights
+        _set(request.reward_weights, quality=w.quality, cost=w.cost, latency=w.latency)
     c = query.constraints
     if c is not None:
         request.constraints.SetInParent()
         if c.max_cost_usd is not None:
-            request.constraints.max_cost_usd = c.max_cost_usd
+            _set(request.constraints, max_cost_usd=c.max_cost_usd)
         if c.max_latency_s is not None:
-            request.constraints.max_latency_s = c.max_latency_s
-        request.constraints.allowed_models.extend(c.allowed_models or ())
-        request.constraints.excluded_models.extend(c.excluded_models or ())
+            _set(request.constraints, max_latency_s=c.max_latency_s)
+        _set(
+            request.constraints,
+            allowed_models=c.allowed_models or (),
+            excluded_models=c.excluded_models or (),
+        )
     if ttl_s is not None:
-        request.ttl_s = ttl_s
+        _set(request, ttl_s=ttl_s)
     return request
 
 
@@ -104,33 +126,38 @@ def track_request(
     ttl_seconds: float | None,
 ) -> _pb.TrackRequest:
     query_id = decision if isinstance(decision, str) else decision.query_id
-    request = _pb.TrackRequest(query_id=query_id, error=error, retries=retries)
+    request = _pb.TrackRequest()
+    _set(request, query_id=query_id, error=error, retries=retries)
     if cost is not None:
-        request.cost_usd = cost
+        _set(request, cost_usd=cost)
     if latency is not None:
-        request.latency_s = latency
+        _set(request, latency_s=latency)
     if ttl_seconds is not None:
-        request.ttl_s = ttl_seconds
+        _set(request, ttl_s=ttl_seconds)
     return request
 
 
 def feedback_request(event: FeedbackEvent) -> _pb.RecordFeedbackRequest:
-    return _pb.RecordFeedbackRequest(
+    request = _pb.RecordFeedbackRequest(payload=_struct(event.payload))
+    _set(
+        request,
         query_id=event.query_id,
         signal_type=event.signal_type,
-        payload=_struct(event.payload),
         idempotency_key=event.idempotency_key or "",
     )
+    return request
 
 
 def session_request(sf: SessionFeedback) -> _pb.RecordSessionFeedbackRequest:
-    return _pb.RecordSessionFeedbackRequest(
+    request = _pb.RecordSessionFeedbackRequest(payload=_struct(sf.payload))
+    _set(
+        request,
         session_id=sf.session_id,
         signal_type=sf.signal_type,
-        payload=_struct(sf.payload),
         propagation_weight=sf.propagation_weight,
         idempotency_key=sf.idempotency_key or "",
     )
+    return request
 
 
 def result_from(r: _pb.RecordFeedbackResponse) -> FeedbackResult:
@@ -146,16 +173,19 @@ def update_request(
     confidence: float,
     reward_weights: RewardWeights | None,
 ) -> _pb.UpdateRequest:
-    request = _pb.UpdateRequest(
+    request = _pb.UpdateRequest()
+    _set(
+        request,
         model_id=model_id,
         cost_usd=cost,
         quality_score=quality_score,
         latency_s=latency,
-        features=list(features),
+        features=features,
         confidence=confidence,
     )
     if reward_weights is not None:
-        request.reward_weights.CopyFrom(_weights(reward_weights))
+        w = reward_weights
+        _set(request.reward_weights, quality=w.quality, cost=w.cost, latency=w.latency)
     return request
 
 

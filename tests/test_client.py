@@ -7,6 +7,7 @@ import math
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,34 @@ def test_errors_are_the_library_exceptions(sidecar: Sidecar) -> None:
         assert signal.value.field == "signal_type"
         # Spec compatibility: both are ValueErrors, as the library raises them.
         assert issubclass(NotFound, ValueError) and issubclass(InvalidArgument, ValueError)
+
+
+def test_arguments_that_cannot_be_sent_are_invalid_argument(sidecar: Sidecar) -> None:
+    # What protobuf cannot encode used to escape as its own TypeError / ValueError ("Value
+    # out of range: -1", "bad argument type for built-in operation"), naming no field; a
+    # TypeError is not even caught by the spec's `except ValueError`.
+    with ConduitClient(sidecar.target) as client:
+        decision = client.route(Query(text="encoding checks"))
+        thumbs = FeedbackEvent(decision.query_id, "thumbs", {1: "up"})  # type: ignore[dict-item]
+        cases: list[tuple[str, Callable[[], object]]] = [
+            ("retries", lambda: client.track(decision, retries=-1)),
+            ("retries", lambda: client.track(decision, retries=2**32)),
+            ("cost_usd", lambda: client.track(decision, cost="cheap")),  # type: ignore[arg-type]
+            ("payload", lambda: client.record(thumbs)),
+            (
+                "payload",
+                lambda: client.record_session_feedback(
+                    SessionFeedback("s", "thumbs", {"value": object()})
+                ),
+            ),
+            ("features", lambda: client.update("gpt-4o-mini", 0.1, 0.5, 1.0, None)),  # type: ignore[arg-type]
+            ("max_cost_usd", lambda: client.route(Query("hi", constraints=Constraints("1")))),  # type: ignore[arg-type]
+        ]
+        for field, call in cases:
+            with pytest.raises(InvalidArgument) as info:
+                call()
+            assert info.value.field == field, info.value
+        client.track(decision, cost=0.001, retries=1)  # nothing above reached the query
 
 
 def _closed_port() -> int:
