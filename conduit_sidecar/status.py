@@ -13,6 +13,7 @@ INVALID_ARGUMENT for arguments that are bad "regardless of the state of the syst
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sqlite3
@@ -138,6 +139,12 @@ def grpc_method(fn: _Handler[_Req, _Resp]) -> _Handler[_Req, _Resp]:
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            # grpc cancels the handler when the client gives up (a cancel, or its deadline:
+            # the client's RST_STREAM arrives before the server's own deadline fires) or
+            # when shutdown's grace period ends: not a success.
+            code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
             code, message = to_status(exc)

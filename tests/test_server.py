@@ -159,6 +159,38 @@ def test_metrics_endpoint_counts_rpcs_by_method_and_status(stub: Any, sidecar: S
     assert "conduit_model_mean_reward{model=" in text
 
 
+def test_a_call_abandoned_at_its_deadline_is_not_counted_ok(tmp_path: Path) -> None:
+    db = tmp_path / "conduit.db"
+    server = Sidecar(
+        ["--store-url", f"sqlite:///{db}", "--metrics-port", "0"], tmp_path / "sidecar.log"
+    )
+    try:
+        with server.channel() as channel:
+            stub = server.stub(channel)
+            query_id = stub.Route(pb.RouteRequest(text="warm up")).query_id
+            stub.GetStats(pb.GetStatsRequest())  # the decision is on disk (buffered writes)
+            # A stalled store (another process holds SQLite's write lock): the client gives
+            # up at its deadline and grpc cancels the handler. The metrics used to count the
+            # cancelled call as OK, so a stall looked like slow successes.
+            lock = sqlite3.connect(db, timeout=1, isolation_level=None)
+            lock.execute("BEGIN EXCLUSIVE")
+            try:
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Track(pb.TrackRequest(query_id=query_id, latency_s=0.5), timeout=1)
+                assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                time.sleep(0.5)
+            finally:
+                lock.execute("COMMIT")
+                lock.close()
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        assert 'conduit_rpc_duration_seconds_count{code="CANCELLED",method="Track"}' in text
+        assert 'code="OK",method="Track"' not in text
+    finally:
+        assert server.terminate() == 0
+
+
 def test_sigterm_flips_health_first_then_drains_in_flight_calls(tmp_path: Path) -> None:
     db = tmp_path / "conduit.db"
     server = Sidecar(["--store-url", f"sqlite:///{db}", "--grace-s", "20"], tmp_path / "log")
