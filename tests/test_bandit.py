@@ -401,6 +401,9 @@ GOOD = np.full(6, 1 / np.sqrt(6))
 BAD_CALLS: list[tuple[str, Callable[[BanditPolicy], object], str]] = [
     ("nan features", lambda p: p.update("a", np.full(6, np.nan), 0.5), "features"),
     ("inf features", lambda p: p.update("a", np.array([np.inf, 0, 0, 0, 0, 0]), 0.5), "features"),
+    # Finite, but its square overflows A (and far smaller values defeat its factorisation).
+    ("huge features", lambda p: p.update("a", np.array([1e200, 0, 0, 0, 0, 0]), 0.5), "features"),
+    ("huge select", lambda p: p.select(np.array([0, 0, 0, 0, 0, -1e16])), "features"),
     ("short features", lambda p: p.update("a", np.ones(5), 0.5), "features"),
     ("2-d features", lambda p: p.update("a", np.ones((2, 3)), 0.5), "features"),
     ("text features", lambda p: p.update("a", ["x"] * 6, 0.5), "features"),  # type: ignore[list-item]

@@ -34,6 +34,12 @@ pub struct Bandit {
     candidates: Vec<usize>,
 }
 
+/// Largest feature magnitude accepted. A linear arm adds `x·xᵀ` to `A`: past about 1e154 a
+/// square overflows, and far before that (from about 1e16 against a ridge of 1) `A` is too
+/// ill-conditioned for the exact re-factorisation and merges to resolve. Real features are
+/// normalised (the hasher's are unit vectors); 1e6 leaves every merge and snapshot working.
+pub const MAX_FEATURE_ABS: f64 = 1e6;
+
 pub(crate) fn check_features(x: &[f64], dim: usize) -> CoreResult<()> {
     if x.len() != dim {
         return Err(CoreError::invalid(
@@ -41,10 +47,19 @@ pub(crate) fn check_features(x: &[f64], dim: usize) -> CoreResult<()> {
             format!("expected {dim} values, got {}", x.len()),
         ));
     }
-    if let Some(pos) = x.iter().position(|v| !v.is_finite()) {
+    if let Some(pos) = x
+        .iter()
+        .position(|v| !v.is_finite() || v.abs() > MAX_FEATURE_ABS)
+    {
+        let v = x[pos];
+        let what = if v.is_finite() {
+            format!("has magnitude above {MAX_FEATURE_ABS:e}")
+        } else {
+            "is not finite".to_owned()
+        };
         return Err(CoreError::invalid(
             "features",
-            format!("value at index {pos} is not finite ({})", x[pos]),
+            format!("value at index {pos} {what} ({v})"),
         ));
     }
     Ok(())
@@ -339,6 +354,38 @@ mod tests {
                 let restored = Bandit::from_bytes(&p.to_bytes());
                 assert!(restored.is_ok(), "{kind:?} {discount}: {restored:?}");
             }
+        }
+    }
+
+    /// A finite feature whose square overflows (or whose square swamps the ridge past what a
+    /// Cholesky factorisation can resolve) used to be accepted: one update put `inf` into `A`
+    /// (every later snapshot refused by `from_bytes`), or made every merge of the arm's delta
+    /// fail as "not positive definite", so replicas could never converge again. Such values
+    /// are refused like NaN, naming the field, and the largest accepted ones keep snapshots
+    /// and merges working.
+    #[test]
+    fn features_too_large_for_the_statistics_are_refused() {
+        use crate::bandit::MAX_FEATURE_ABS;
+        for kind in [PolicyKind::LinUcb, PolicyKind::BetaTs] {
+            let mut p = Bandit::new(PolicyConfig::new(kind, 3), &["a", "b"]).unwrap();
+            let before = p.to_bytes();
+            for big in [1e16, -1e155, 1e300, MAX_FEATURE_ABS * 1.000_001] {
+                let x = [1.0, big, 0.0];
+                let err = p.update("a", &x, 0.5, 1.0).unwrap_err();
+                assert!(err.to_string().starts_with("features:"), "{err}");
+                assert!(p.reapply("a", &x, 0.5, 0.0, 0.5, 1.0).is_err());
+                assert!(p.select(&x, None).is_err());
+            }
+            assert_eq!(p.to_bytes(), before);
+            let mut other = Bandit::new(PolicyConfig::new(kind, 3), &["a", "b"]).unwrap();
+            for _ in 0..1000 {
+                p.update("a", &[1.0, MAX_FEATURE_ABS, -MAX_FEATURE_ABS], 0.5, 1.0)
+                    .unwrap();
+                p.update("a", &[1.0, 0.0, 0.0], 1.0, 1.0).unwrap();
+            }
+            other.merge_delta(&p.take_delta()).unwrap();
+            assert!(Bandit::from_bytes(&p.to_bytes()).is_ok());
+            assert!(Bandit::from_bytes(&other.to_bytes()).is_ok());
         }
     }
 }
