@@ -108,6 +108,20 @@ def _arm_names(arms: object, field: str) -> list[str]:
     return [_arm_name(a, field) for a in arms]
 
 
+def _not_utf8(exc: UnicodeEncodeError, **fields: object) -> CoreError:
+    """The CoreError for a str UTF-8 cannot encode (a lone surrogate), which the native call
+    refused with a UnicodeEncodeError naming nothing: names the first field holding one.
+    Runs only after the failure, so the calls' fast paths pay nothing for it."""
+    for field, value in fields.items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError as bad:
+                    return CoreError(f"{field}: not valid Unicode text ({bad.reason})")
+    return CoreError(f"text: not valid Unicode text ({exc.reason})")
+
+
 def _number(value: object, field: str) -> float:
     if type(value) is float:
         return value
@@ -153,7 +167,11 @@ class BanditPolicy:
             "reward_offset",
         ):
             kwargs[name] = _number(kwargs[name], name)
-        self._policy = _core.Policy(kind, dim, _arm_names(arms, "arms"), **kwargs)
+        names = _arm_names(arms, "arms")
+        try:
+            self._policy = _core.Policy(kind, dim, names, **kwargs)
+        except UnicodeEncodeError as exc:
+            raise _not_utf8(exc, arms=names, fixed_arm=config.fixed_arm) from None
         self._config = config
 
     @classmethod
@@ -180,11 +198,15 @@ class BanditPolicy:
     def select(self, features: Features, allowed: Sequence[str] | None = None) -> Selection:
         names = None if allowed is None else _arm_names(allowed, "allowed")
         try:
-            # Fast path: the native call accepts a 1-D float64 array and nothing else. It fills
-            # Selection's slots directly: the frozen dataclass __init__ costs as much as the math.
-            return self._policy.select(Selection, features, names)  # type: ignore[arg-type]
-        except TypeError:
-            return self._policy.select(Selection, _features(features), names)
+            try:
+                # Fast path: the native call accepts a 1-D float64 array and nothing else. It
+                # fills Selection's slots directly: the frozen dataclass __init__ costs as much
+                # as the math.
+                return self._policy.select(Selection, features, names)  # type: ignore[arg-type]
+            except TypeError:
+                return self._policy.select(Selection, _features(features), names)
+        except UnicodeEncodeError as exc:
+            raise _not_utf8(exc, allowed=names) from None
 
     def route(
         self, hasher: FeatureHasher, text: str, allowed: Sequence[str] | None = None
@@ -195,20 +217,27 @@ class BanditPolicy:
         if not isinstance(text, str):
             raise CoreError(f"text: must be a string, got {type(text).__name__}")
         names = None if allowed is None else _arm_names(allowed, "allowed")
-        return self._policy.route(hasher._hasher, text, names)
+        try:
+            return self._policy.route(hasher._hasher, text, names)
+        except UnicodeEncodeError as exc:
+            raise _not_utf8(exc, text=text, allowed=names) from None
 
     def update(self, arm: str, features: Features, reward: float, weight: float = 1.0) -> None:
         try:
-            # Fast path: the native call takes a str arm, a 1-D float64 array and exact float
-            # reward and weight, and raises TypeError (before touching anything) otherwise.
-            self._policy.update(arm, features, reward, weight)  # type: ignore[arg-type]
-        except TypeError:
-            self._policy.update(
-                _arm_name(arm),
-                _features(features),
-                _number(reward, "reward"),
-                _number(weight, "weight"),
-            )
+            try:
+                # Fast path: the native call takes a str arm, a 1-D float64 array and exact
+                # float reward and weight, and raises TypeError (before touching anything)
+                # otherwise.
+                self._policy.update(arm, features, reward, weight)  # type: ignore[arg-type]
+            except TypeError:
+                self._policy.update(
+                    _arm_name(arm),
+                    _features(features),
+                    _number(reward, "reward"),
+                    _number(weight, "weight"),
+                )
+        except UnicodeEncodeError as exc:
+            raise _not_utf8(exc, arm=arm) from None
 
     def reapply(
         self,
@@ -220,20 +249,29 @@ class BanditPolicy:
         new_weight: float,
     ) -> None:
         """Replace an observation's (reward, weight) by the net delta (DESIGN section 2)."""
-        self._policy.reapply(
-            _arm_name(arm),
-            _features(features),
-            _number(old_reward, "old_reward"),
-            _number(old_weight, "old_weight"),
-            _number(new_reward, "new_reward"),
-            _number(new_weight, "new_weight"),
-        )
+        try:
+            self._policy.reapply(
+                _arm_name(arm),
+                _features(features),
+                _number(old_reward, "old_reward"),
+                _number(old_weight, "old_weight"),
+                _number(new_reward, "new_reward"),
+                _number(new_weight, "new_weight"),
+            )
+        except UnicodeEncodeError as exc:
+            raise _not_utf8(exc, arm=arm) from None
 
     def add_arm(self, arm: str) -> None:
-        self._policy.add_arm(_arm_name(arm))
+        try:
+            self._policy.add_arm(_arm_name(arm))
+        except UnicodeEncodeError as exc:
+            raise _not_utf8(exc, arm=arm) from None
 
     def remove_arm(self, arm: str) -> None:
-        self._policy.remove_arm(_arm_name(arm))
+        try:
+            self._policy.remove_arm(_arm_name(arm))
+        except UnicodeEncodeError as exc:
+            raise _not_utf8(exc, arm=arm) from None
 
     def to_bytes(self) -> bytes:
         return self._policy.to_bytes()
@@ -265,7 +303,10 @@ class BanditPolicy:
 
     def theta(self, arm: str) -> NDArray[np.float64] | None:
         """The cached coefficient vector of a linear arm; None for non-linear policies."""
-        return self._policy.theta(_arm_name(arm))
+        try:
+            return self._policy.theta(_arm_name(arm))
+        except UnicodeEncodeError as exc:
+            raise _not_utf8(exc, arm=arm) from None
 
 
 class FeatureHasher:
@@ -285,4 +326,7 @@ class FeatureHasher:
     def featurize(self, text: str) -> NDArray[np.float64]:
         if not isinstance(text, str):
             raise CoreError(f"text: must be a string, got {type(text).__name__}")
-        return self._hasher.featurize(text)
+        try:
+            return self._hasher.featurize(text)
+        except UnicodeEncodeError as exc:
+            raise _not_utf8(exc, text=text) from None

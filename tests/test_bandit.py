@@ -431,6 +431,16 @@ BAD_CALLS: list[tuple[str, Callable[[BanditPolicy], object], str]] = [
         lambda p: p.reapply("c", GOOD * 2, 1.0, 1.0, 1.0, 0.0),
         "old_weight",
     ),
+    # A lone surrogate is a str UTF-8 cannot encode: refused like any bad name, not with a
+    # UnicodeEncodeError that names nothing.
+    ("surrogate arm", lambda p: p.update("a\ud800", GOOD, 0.5), "arm"),
+    ("surrogate reapply arm", lambda p: p.reapply("\udfff", GOOD, 0.5, 0.5, 0.5, 0.5), "arm"),
+    ("surrogate add", lambda p: p.add_arm("\ud800"), "arm"),
+    ("surrogate remove", lambda p: p.remove_arm("\ud800"), "arm"),
+    ("surrogate theta", lambda p: p.theta("\ud800"), "arm"),
+    ("surrogate allowed", lambda p: p.select(GOOD, ["a", "\ud800"]), "allowed"),
+    ("surrogate text", lambda p: p.route(FeatureHasher(8), "hi \ud800"), "text"),
+    ("surrogate route allowed", lambda p: p.route(FeatureHasher(8), "hi", ["\ud800"]), "allowed"),
     ("garbage delta", lambda p: p.merge_delta(b"\x00" * 40), "delta"),
     ("non-bytes delta", lambda p: p.merge_delta("x"), "delta"),  # type: ignore[arg-type]
 ]
@@ -486,7 +496,10 @@ def test_bad_configs_are_refused(changes: dict[str, Any], field: str) -> None:
     assert str(info.value).startswith(field), str(info.value)
 
 
-@pytest.mark.parametrize(("arms", "field"), [([], "arms"), (["a", "a"], "arm"), ("ab", "arms")])
+@pytest.mark.parametrize(
+    ("arms", "field"),
+    [([], "arms"), (["a", "a"], "arm"), ("ab", "arms"), (["a", "\ud800"], "arms")],
+)
 def test_bad_arm_lists_are_refused(arms: Any, field: str) -> None:
     with pytest.raises(CoreError) as info:
         BanditPolicy(PolicyConfig(dim=4), arms)
