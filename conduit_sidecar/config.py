@@ -146,6 +146,12 @@ class SidecarConfig:
                 raise ConfigError(f"{name}: no such file {path!r}")
         if self.token is not None and not self.token.strip():
             raise ConfigError("token: must not be blank")
+        if self.token is not None and not (
+            self.token.isascii() and self.token.strip().isprintable()
+        ):
+            # It travels as an HTTP/2 header value, which clients refuse to send otherwise
+            # (surrounding whitespace, e.g. a file's final newline, is stripped).
+            raise ConfigError("token: must be printable ASCII (it is sent in a header)")
         return self
 
     @property

@@ -96,6 +96,10 @@ def test_empty_env_value_unsets_an_optional_setting() -> None:
         ({"CONDUIT_LOG_LEVEL": "verbose"}, "log_level: expected one of"),
         ({"CONDUIT_MAX_MESSAGE_BYTES": str(2**31)}, "max_message_bytes: must be at most"),
         ({"CONDUIT_TTL_S": "1e300"}, "ttl_s: must be at most"),
+        # A header value is printable ASCII: no client could send this token, and every
+        # call was UNAUTHENTICATED (grpc clients refuse it as "Invalid metadata").
+        ({"CONDUIT_TOKEN": "t\u00f6k\u00e9n"}, "token: must be printable ASCII"),
+        ({"CONDUIT_TOKEN": "abc\x01def"}, "token: must be printable ASCII"),
     ],
 )
 def test_bad_settings_name_themselves(env: dict[str, str], message: str) -> None:
