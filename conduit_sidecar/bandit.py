@@ -217,10 +217,9 @@ class BanditPolicy:
         if not isinstance(text, str):
             raise CoreError(f"text: must be a string, got {type(text).__name__}")
         names = None if allowed is None else _arm_names(allowed, "allowed")
-        try:
-            return self._policy.route(hasher._hasher, text, names)
-        except UnicodeEncodeError as exc:
-            raise _not_utf8(exc, text=text, allowed=names) from None
+        # A str UTF-8 cannot encode raises UnicodeEncodeError here, unlike the other methods:
+        # Router.decide catches exactly that on its hot path and names the field itself.
+        return self._policy.route(hasher._hasher, text, names)
 
     def update(self, arm: str, features: Features, reward: float, weight: float = 1.0) -> None:
         try:
