@@ -143,6 +143,7 @@ class SidecarMetrics:
             registry=self.registry,
         )
         self._ok_children: dict[str, _Buckets] = {}
+        self._models: set[str] = set()  # the models the two per-model gauges export
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -170,10 +171,15 @@ class SidecarMetrics:
         self.pending.set(count)
 
     def set_model_stats(self, stats: Mapping[str, Any]) -> None:
-        """From Router.stats(): objects with `mean_reward` and `weight_sum`."""
+        """From Router.stats(): objects with `mean_reward` and `weight_sum`. A model no
+        longer in it (Router.remove_model) stops being exported."""
         for model, entry in stats.items():
             self.mean_reward.labels(model).set(entry.mean_reward)
             self.weight.labels(model).set(entry.weight_sum)
+        for model in self._models - stats.keys():
+            self.mean_reward.remove(model)
+            self.weight.remove(model)
+        self._models = set(stats)
 
     def start(self, host: str, port: int) -> int:
         """Serves /metrics over HTTP in a daemon thread; returns the bound port."""

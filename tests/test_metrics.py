@@ -7,6 +7,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conduit_sidecar.metrics import SidecarMetrics
+from conduit_sidecar.router import ModelStats
 
 
 def samples(metrics: SidecarMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -63,3 +64,30 @@ def test_rewards_are_a_histogram_per_model() -> None:
     assert got[("conduit_reward_bucket", (("le", "0.9"), model))] == 2
     assert got[("conduit_reward_bucket", (("le", "1.0"), model))] == 4
     assert got[("conduit_reward_count", (model,))] == 4
+
+
+def test_model_gauges_drop_a_model_the_router_no_longer_routes() -> None:
+    # Router.remove_model drops the model from Router.stats(); its gauges used to keep
+    # exporting the last mean reward and weight forever (a ghost model on every dashboard,
+    # and one more pair of series per removed id).
+    def stats(weight_sum: float, mean_reward: float) -> ModelStats:
+        return ModelStats(
+            selections=0,
+            outcomes=0,
+            weight_sum=weight_sum,
+            mean_reward=mean_reward,
+            cost_usd_sum=0.0,
+            latency_s_sum=0.0,
+            updates=0,
+        )
+
+    metrics = SidecarMetrics()
+    metrics.set_model_stats({"small": stats(2.0, 0.5), "large": stats(4.0, 0.25)})
+    metrics.set_model_stats({"small": stats(3.0, 0.6)})
+    got = samples(metrics)
+    assert got[("conduit_model_weight", (("model", "small"),))] == 3.0
+    assert got[("conduit_model_mean_reward", (("model", "small"),))] == 0.6
+    assert ("conduit_model_weight", (("model", "large"),)) not in got
+    assert ("conduit_model_mean_reward", (("model", "large"),)) not in got
+    metrics.set_model_stats({"small": stats(3.0, 0.6), "large": stats(1.0, 1.0)})
+    assert samples(metrics)[("conduit_model_weight", (("model", "large"),))] == 1.0
