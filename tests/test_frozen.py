@@ -75,3 +75,20 @@ def test_only_frozen_dataclasses_with_an_instance_dict_are_accepted() -> None:
     for cls in (Mutable, Slotted, int):
         with pytest.raises(TypeError, match="frozen dataclass"):
             fast_frozen(cls)
+
+
+def test_fields_may_have_any_name_the_generated_init_uses_itself() -> None:
+    # The generated __init__ kept the instance dict in a local `d` and took `self` first, so
+    # a field named `d` was set to the instance's own __dict__, and one named `self` was a
+    # SyntaxError; the dataclass __init__ handles both.
+    @fast_frozen
+    @dataclass(frozen=True)
+    class Odd:
+        d: int
+        self: str
+        _NO_ARG: int = 7
+        tags: list[str] = field(default_factory=list)
+
+    odd = Odd(1, "me")
+    assert (odd.d, odd.self, odd._NO_ARG, odd.tags) == (1, "me", 7, [])
+    assert Odd(d=2, self="x", tags=["t"]) == Odd(2, "x", 7, ["t"])
