@@ -54,11 +54,21 @@ def build_store(config: SidecarConfig) -> FeedbackStore:
 
         from .feedback import RedisFeedbackStore
 
-        return RedisFeedbackStore(Redis.from_url(config.store_url), ttl_seconds=config.ttl_s)
+        # state_namespace separates every key of two sidecar groups sharing one server,
+        # feedback included: client-chosen session ids would otherwise meet across them.
+        return RedisFeedbackStore(
+            Redis.from_url(config.store_url),
+            prefix=f"{config.state_namespace}:",
+            ttl_seconds=config.ttl_s,
+        )
     if scheme in ("postgresql", "postgres"):
         from .feedback import PostgresFeedbackStore
 
-        return PostgresFeedbackStore(database_url=config.store_url, ttl_seconds=config.ttl_s)
+        return PostgresFeedbackStore(
+            database_url=config.store_url,
+            schema=config.state_namespace,
+            ttl_seconds=config.ttl_s,
+        )
     raise ConfigError(f"store_url: unsupported scheme {scheme!r}")
 
 

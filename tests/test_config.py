@@ -155,3 +155,71 @@ def test_decision_durability_reaches_the_sqlite_store(tmp_path: Path) -> None:
         store = build_store(config)
         assert isinstance(store, SqliteFeedbackStore)
         assert store.decision_durability == durability
+
+
+@pytest.mark.parametrize("scheme", ["redis", "postgres"])
+async def test_state_namespace_separates_the_feedback_stores_too(scheme: str) -> None:
+    # Two sidecar groups on one Redis / PostgreSQL with different namespaces: before, only
+    # the policy state was namespaced and both feedback stores shared "conduit", so pending
+    # queries, signal counts and client-chosen session ids met across them.
+    import uuid
+
+    from conduit_sidecar.app import build_store
+    from conduit_sidecar.query import RoutingDecision
+    from conduit_sidecar.reward import RewardWeights
+    from tests.conftest import POSTGRES_URL, REDIS_URL
+
+    url = REDIS_URL if scheme == "redis" else POSTGRES_URL
+    spaces = [f"ns_{uuid.uuid4().hex[:10]}", f"ns_{uuid.uuid4().hex[:10]}"]
+    stores = [
+        build_store(load_config(env={"CONDUIT_STORE_URL": url, "CONDUIT_STATE_NAMESPACE": ns}))
+        for ns in spaces
+    ]
+    try:
+        for store in stores:
+            await store.initialize()
+        decision = RoutingDecision(
+            "q-1",
+            "m",
+            0.5,
+            [0.0],
+            {"m": 0.5},
+            1.0,
+            "",
+            1,
+            RewardWeights(0.6, 0.2, 0.2),
+            session_id="s",
+        )
+        await stores[0].log_decision(decision, 60.0)
+        assert await stores[0].pending_count() == 1
+        assert await stores[1].pending_count() == 0
+        assert await stores[1].get("q-1") is None
+    finally:
+        for store in stores:
+            await store.close()
+        await _drop_namespaces(scheme, spaces)
+
+
+async def _drop_namespaces(scheme: str, spaces: list[str]) -> None:
+    from tests.conftest import POSTGRES_URL, REDIS_URL
+
+    if scheme == "redis":
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(REDIS_URL)
+        try:
+            for ns in spaces:
+                keys = [k async for k in client.scan_iter(match=f"{ns}:*")]
+                if keys:
+                    await client.delete(*keys)
+        finally:
+            await client.aclose()
+    else:
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            for ns in spaces:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {ns} CASCADE")
+        finally:
+            await conn.close()
