@@ -17,6 +17,7 @@ use crate::bandit::{check_arm_name, Bandit};
 use crate::codec::{Reader, Writer};
 use crate::error::{CoreError, CoreResult};
 use crate::kernels::packed_len;
+use crate::linear::LinearStats;
 
 const MAGIC: &[u8; 8] = b"CNDTDLTA";
 /// Version 2 added `reward_offset` after `dim`; version 1 deltas are read as offset 0.
@@ -39,10 +40,19 @@ impl Bandit {
         w.u8(u8::from(linear));
         w.u64(dim as u64);
         w.f64(self.config.reward_offset);
+        // The scalar sums alone miss an arm whose re-applied rewards cancel in `Σ c` (or
+        // whose weights cancel in `Σ dw`) while its vector or matrix part moved.
         let touched: Vec<usize> = (0..self.arms.len())
             .filter(|&i| {
-                let d = &self.arms[i].delta;
-                d.updates > 0 || d.weight_sum != 0.0 || d.reward_sum != 0.0
+                let arm = &mut self.arms[i];
+                let d = &arm.delta;
+                d.updates > 0
+                    || d.weight_sum != 0.0
+                    || d.reward_sum != 0.0
+                    || arm
+                        .linear
+                        .as_mut()
+                        .is_some_and(LinearStats::has_local_delta)
             })
             .collect();
         w.u32(touched.len() as u32);

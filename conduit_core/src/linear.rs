@@ -309,6 +309,20 @@ impl LinearStats {
     }
 
     /// Returns `(Σ dw·x·xᵀ, Σ c·x)` accumulated since the last call and resets both.
+    /// Whether anything was applied locally since the last `take_delta` (pending terms
+    /// folded first). O(d²), for `take_delta` only.
+    pub(crate) fn has_local_delta(&mut self) -> bool {
+        if self.delta_rx.iter().any(|v| *v != 0.0) {
+            return true;
+        }
+        self.flush();
+        if self.explicit_delta {
+            self.delta_base.iter().any(|v| *v != 0.0)
+        } else {
+            self.a != self.delta_base
+        }
+    }
+
     pub fn take_delta(&mut self) -> (Vec<f64>, Vec<f64>) {
         self.flush();
         let xx = if self.explicit_delta {

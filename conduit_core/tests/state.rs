@@ -111,6 +111,34 @@ proptest! {
 }
 
 #[test]
+fn a_delta_carries_reapplied_rewards_whose_sums_cancel() {
+    // Two re-applications moving +0.25 and -0.25 of reward: Σc and Σdw are 0, but b moved.
+    // The arm used to be left out of the delta, so another replica never saw the change.
+    for kind in [PolicyKind::LinUcb, PolicyKind::LinTs] {
+        let mut p = policy(kind, 4, &["a", "b"]);
+        let (x1, x2) = ([1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]);
+        p.update("b", &x1, 0.25, 1.0).unwrap();
+        p.update("b", &x2, 0.75, 1.0).unwrap();
+        let mut replica = policy(kind, 4, &["a", "b"]);
+        replica.merge_delta(&p.take_delta()).unwrap();
+        p.reapply("b", &x1, 0.25, 1.0, 0.5, 1.0).unwrap();
+        p.reapply("b", &x2, 0.75, 1.0, 0.5, 1.0).unwrap();
+        replica.merge_delta(&p.take_delta()).unwrap();
+        let (_, _, b_local, theta_local) = linear_state(&mut p, "b");
+        let (_, _, b_replica, theta_replica) = linear_state(&mut replica, "b");
+        assert!(
+            max_rel_diff(&b_local, &b_replica) < 1e-12,
+            "{b_local:?} vs {b_replica:?}"
+        );
+        assert!(max_rel_diff(&theta_local, &theta_replica) < 1e-12);
+        // Nothing pending afterwards: the next delta holds no arm.
+        let mut probe = replica.clone();
+        probe.merge_delta(&p.take_delta()).unwrap();
+        assert_eq!(probe.to_bytes(), replica.to_bytes());
+    }
+}
+
+#[test]
 fn delta_of_another_dimension_or_family_is_refused_without_change() {
     let mut p = policy(PolicyKind::LinUcb, 4, &["a"]);
     p.update("a", &[1.0, 0.0, 0.0, 0.0], 1.0, 1.0).unwrap();
