@@ -210,7 +210,11 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             return float(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} ({source}): expected {kind.__name__}, got {raw!r}") from None
-    return str(raw)
+    if not isinstance(raw, str):
+        # YAML reads `token: 0123` as the number 83 and `on` as True: str() of that is not
+        # what the operator wrote.
+        raise ConfigError(f"{name} ({source}): expected a string (quote it), got {raw!r}")
+    return raw
 
 
 def load_yaml(path: str) -> dict[str, Any]:

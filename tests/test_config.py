@@ -117,6 +117,9 @@ def test_bad_settings_name_themselves(env: dict[str, str], message: str) -> None
         ("policy: [unclosed\n", "not valid YAML"),
         ("json_logs: 1.5\n", "json_logs"),
         ("feature_dim: true\n", "expected int"),
+        # YAML turns these into a number and a bool; str() of them is not what was written.
+        ("token: 0123\n", "token (config file"),
+        ("policy: on\n", "expected a string (quote it), got True"),
     ],
 )
 def test_bad_yaml_files(tmp_path: Path, text: str, message: str) -> None:
