@@ -110,6 +110,90 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Three replicas, each applying its own stream of new observations and re-applications
+    /// (rewards and weights on a coarse grid, so that sums cancel exactly now and then),
+    /// exchanging deltas at random points: once every delta has been merged everywhere, each
+    /// replica holds the statistics of one process that applied every operation.
+    #[test]
+    fn replicas_exchanging_deltas_converge_to_one_process(seed in 1u64..u64::MAX, kind_idx in 0usize..5) {
+        let kind = KINDS[kind_idx];
+        let (dim, arms) = (3, ["a", "b", "c"]);
+        let grid = |s: &mut Stream, lo: usize| (lo + s.below(5 - lo)) as f64 / 4.0;
+        let mut replicas: Vec<Bandit> = (0..3).map(|_| policy(kind, dim, &arms)).collect();
+        let mut one = policy(kind, dim, &arms);
+        // Per replica: its observations as (arm, x, reward, weight).
+        let mut seen: Vec<Vec<(usize, Vec<f64>, f64, f64)>> = vec![Vec::new(); 3];
+        let mut s = Stream(seed);
+        for _ in 0..120 {
+            let r = s.below(3);
+            let roll = s.next_f64();
+            if roll < 0.3 {
+                let delta = replicas[r].take_delta();
+                for (j, other) in replicas.iter_mut().enumerate() {
+                    if j != r {
+                        other.merge_delta(&delta).unwrap();
+                    }
+                }
+            } else if roll < 0.45 && seen[r].len() >= 2 {
+                // Two re-ratings of equal weight moving in opposite directions: the arm's
+                // scalar sums do not change, its vector part does.
+                let (i, j) = (s.below(seen[r].len()), s.below(seen[r].len()));
+                let (ai, xi, ri, wi) = seen[r][i].clone();
+                let (aj, xj, rj, wj) = seen[r][j].clone();
+                if i != j && ai == aj && wi == wj && ri <= 0.75 && rj >= 0.25 {
+                    for (x, old_r, new_r) in [(&xi, ri, ri + 0.25), (&xj, rj, rj - 0.25)] {
+                        replicas[r].reapply(arms[ai], x, old_r, wi, new_r, wi).unwrap();
+                        one.reapply(arms[ai], x, old_r, wi, new_r, wi).unwrap();
+                    }
+                    seen[r][i].2 = ri + 0.25;
+                    seen[r][j].2 = rj - 0.25;
+                }
+            } else if roll < 0.7 || seen[r].is_empty() {
+                let (arm, x) = (s.below(3), s.vector(dim));
+                let (reward, weight) = (grid(&mut s, 0), grid(&mut s, 2));
+                replicas[r].update(arms[arm], &x, reward, weight).unwrap();
+                one.update(arms[arm], &x, reward, weight).unwrap();
+                seen[r].push((arm, x, reward, weight));
+            } else {
+                let k = s.below(seen[r].len());
+                let (arm, x, old_r, old_w) = seen[r][k].clone();
+                // The router never lowers a weight; the reward may move either way.
+                let (new_r, new_w) = (grid(&mut s, 0), old_w.max(grid(&mut s, 2)));
+                replicas[r].reapply(arms[arm], &x, old_r, old_w, new_r, new_w).unwrap();
+                one.reapply(arms[arm], &x, old_r, old_w, new_r, new_w).unwrap();
+                seen[r][k] = (arm, x, new_r, new_w);
+            }
+        }
+        let deltas: Vec<Vec<u8>> = replicas.iter_mut().map(Bandit::take_delta).collect();
+        for (r, delta) in deltas.iter().enumerate() {
+            for (j, other) in replicas.iter_mut().enumerate() {
+                if j != r {
+                    other.merge_delta(delta).unwrap();
+                }
+            }
+        }
+        for replica in &mut replicas {
+            for arm in arms {
+                let got = replica.arm_stats().into_iter().find(|(n, _)| *n == arm).unwrap().1;
+                let want = one.arm_stats().into_iter().find(|(n, _)| *n == arm).unwrap().1;
+                prop_assert!((got.weight_sum - want.weight_sum).abs() < 1e-9);
+                prop_assert!((got.reward_sum - want.reward_sum).abs() < 1e-9);
+                prop_assert_eq!(got.updates, want.updates);
+                if kind.is_linear() {
+                    let (a1, _, b1, t1) = linear_state(replica, arm);
+                    let (a2, _, b2, t2) = linear_state(&mut one, arm);
+                    prop_assert!(max_rel_diff(&a1, &a2) < 1e-12);
+                    prop_assert!(max_rel_diff(&b1, &b2) < 1e-12, "{:?} vs {:?}", b1, b2);
+                    prop_assert!(max_rel_diff(&t1, &t2) < 1e-9);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn a_delta_carries_reapplied_rewards_whose_sums_cancel() {
     // Two re-applications moving +0.25 and -0.25 of reward: Σc and Σdw are 0, but b moved.
