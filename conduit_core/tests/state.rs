@@ -17,6 +17,9 @@ fn feed(p: &mut Bandit, arms: &[&str], s: &mut Stream, n: usize, dim: usize) {
 
 const KINDS: [PolicyKind; 7] = PolicyKind::ALL;
 
+/// One applied observation: arm index, x, reward, weight.
+type Observation = (usize, Vec<f64>, f64, f64);
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
@@ -125,7 +128,7 @@ proptest! {
         let mut replicas: Vec<Bandit> = (0..3).map(|_| policy(kind, dim, &arms)).collect();
         let mut one = policy(kind, dim, &arms);
         // Per replica: its observations as (arm, x, reward, weight).
-        let mut seen: Vec<Vec<(usize, Vec<f64>, f64, f64)>> = vec![Vec::new(); 3];
+        let mut seen: Vec<Vec<Observation>> = vec![Vec::new(); 3];
         let mut s = Stream(seed);
         for _ in 0..120 {
             let r = s.below(3);
