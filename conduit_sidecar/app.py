@@ -6,6 +6,8 @@ same objects from the same configuration.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,6 +19,11 @@ if TYPE_CHECKING:
     from .feedback import FeedbackCollector, FeedbackStore
     from .router import Router
     from .sync.synchronizer import PolicySynchronizer
+
+log = logging.getLogger("conduit_sidecar.app")
+# How long close() waits for store writes whose callers are gone (SQLite's busy timeout is
+# 10 s); only a store that hangs past its own timeouts makes shutdown wait this long.
+SETTLE_TIMEOUT_S = 15.0
 
 
 def sqlite_path(store_url: str) -> Path:
@@ -136,13 +143,36 @@ class SidecarApp:
         return app
 
     async def close(self) -> None:
-        """Publishes the last policy delta and snapshot, then closes the stores."""
+        """Lets feedback writes already under way finish, publishes the last policy delta and
+        snapshot, then closes the stores."""
+        await self._settle_feedback()
         if self.synchronizer is not None:
             try:
                 await self.synchronizer.stop()
             finally:
                 await self.synchronizer.store.close()
         await self.store.close()
+
+    async def _settle_feedback(self) -> None:
+        """Waits for the collector's store writes whose caller was cancelled.
+
+        A handler still running when the server's grace period ends is cancelled, but its
+        store write and policy update go on in a shielded task (FeedbackCollector): the write
+        may commit. Publishing the last delta before that task has updated the policy lost
+        the signal's learning while the store kept it marked (a retry is a duplicate).
+        """
+        # The collector's own bookkeeping of those tasks, only read here.
+        pending = list(self.collector._in_flight)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=SETTLE_TIMEOUT_S)
+        if late:
+            log.error(
+                "%d feedback write(s) still waiting on the store after %.0fs; their learning "
+                "may be lost",
+                len(late),
+                SETTLE_TIMEOUT_S,
+            )
 
 
 async def start_synchronizer(

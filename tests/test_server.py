@@ -226,6 +226,51 @@ def test_sigterm_flips_health_first_then_drains_in_flight_calls(tmp_path: Path) 
     assert log.index("shutting down") < log.index("stopped after")
 
 
+def test_feedback_still_in_the_store_when_the_grace_period_ends_is_learned(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'conduit.db'}"
+    first = Sidecar(["--store-url", url, "--grace-s", "1"], tmp_path / "first.log")
+    try:
+        with first.channel() as channel:
+            stub = first.stub(channel)
+            decision = stub.Route(pb.RouteRequest(text="in flight at the end of the grace"))
+            stub.GetStats(pb.GetStatsRequest())  # the decision is on disk (buffered writes)
+            # A stalled store (another process holds SQLite's write lock) keeps the feedback
+            # inside its store write past the 1 s grace, so grpc cancels the handler. The
+            # collector finishes that write (it may commit), but shutdown used to publish the
+            # last policy delta without waiting for it: the signal was stored and marked, its
+            # learning lost, and the client's retry after the restart a duplicate.
+            lock = sqlite3.connect(tmp_path / "conduit.db", timeout=1, isolation_level=None)
+            lock.execute("BEGIN EXCLUSIVE")
+            try:
+                in_flight = stub.RecordFeedback.future(thumbs(decision.query_id), timeout=30)
+                time.sleep(0.3)
+                first.proc.terminate()  # SIGTERM
+                time.sleep(2.5)  # past health flip + grace: the handler has been cancelled
+            finally:
+                lock.execute("COMMIT")
+                lock.close()
+            with pytest.raises(grpc.RpcError):
+                in_flight.result(timeout=20)
+        assert first.proc.wait(timeout=30) == 0
+    finally:
+        first.stop()
+    second = Sidecar(["--store-url", url], tmp_path / "second.log")
+    try:
+        with second.channel() as channel:
+            stub = second.stub(channel)
+            # The client retries what failed; whether the first call landed or not, the
+            # signal must now count exactly once, in the store and in the policy.
+            stub.RecordFeedback(thumbs(decision.query_id))
+            stats = stub.GetStats(pb.GetStatsRequest())
+            assert dict(stats.feedback_counts) == {"thumbs": 1}
+            weights = {m.model_id: m.weight_sum for m in stats.models}
+            assert weights[decision.selected_model] == pytest.approx(1.0)
+    finally:
+        assert second.terminate() == 0
+
+
 def test_restart_on_sqlite_keeps_pending_queries(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state' / 'conduit.db'}"
     first = Sidecar(["--store-url", url], tmp_path / "first.log")
