@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .config import ConfigError, SidecarConfig
-from .errors import Unavailable
+from .errors import InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
     from .feedback import FeedbackCollector, FeedbackStore
@@ -83,7 +83,12 @@ def build_router(config: SidecarConfig) -> Router:
     from .models import load_catalogue
     from .router import Router
 
-    models: Any = load_catalogue(config.catalogue) if config.catalogue else None
+    models: Any = None
+    if config.catalogue:
+        try:
+            models = load_catalogue(config.catalogue)
+        except InvalidArgument as exc:  # a usage error (exit 2) naming the setting
+            raise ConfigError(f"catalogue: {exc}") from None
     return Router(
         models,
         policy=config.policy,

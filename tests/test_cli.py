@@ -6,6 +6,7 @@ import io
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from grpc_fixtures import ROOT, Sidecar, sidecar
@@ -51,6 +52,31 @@ def test_serve_refuses_bad_settings_with_exit_code_2(capsys: pytest.CaptureFixtu
     assert "policy: expected one of" in capsys.readouterr().err
     assert main(["serve", "--feature-dim", "x"]) == 2
     assert "feature_dim (--feature-dim): expected int" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        ("models: [\n", "is not valid"),
+        ("models: []\n", "expected a non-empty list of models"),
+        ('{"models": [{"id": "a"}]}', "models[0].provider"),
+    ],
+)
+def test_serve_refuses_a_bad_catalogue_with_exit_code_2(
+    tmp_path: Path, content: str, detail: str
+) -> None:
+    # docs/SIDECAR.md: a bad value stops the server with exit code 2 and a message naming the
+    # setting. A catalogue file that exists but cannot be used exited 1 without naming it.
+    catalogue = tmp_path / "models.yaml"
+    catalogue.write_text(content, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
+         "--store-url", "memory://", "--catalogue", str(catalogue)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("conduit-sidecar: catalogue: "), result.stderr
+    assert detail in result.stderr and "Traceback" not in result.stderr
 
 
 def test_stats_refuses_a_bad_timeout_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
