@@ -63,8 +63,12 @@ def build_store(config: SidecarConfig) -> FeedbackStore:
 
         # state_namespace separates every key of two sidecar groups sharing one server,
         # feedback included: client-chosen session ids would otherwise meet across them.
+        try:
+            client = Redis.from_url(config.store_url)
+        except ValueError as exc:  # the URL parser's (a port that is no number, out of range)
+            raise _malformed(config.store_url, exc) from None
         return RedisFeedbackStore(
-            Redis.from_url(config.store_url),
+            client,
             prefix=f"{config.state_namespace}:",
             ttl_seconds=config.ttl_s,
         )
@@ -130,6 +134,9 @@ class SidecarApp:
             ) from exc
         except Exception as exc:
             await store.close()
+            if type(exc) is ValueError:
+                # asyncpg parses the URL only when its pool first connects.
+                raise _malformed(config.store_url, exc) from None
             if type(exc).__module__.split(".")[0] in ("redis", "asyncpg"):
                 raise Unavailable(
                     f"store_url: cannot reach {_redacted(config.store_url)}: {exc}"
@@ -210,6 +217,16 @@ async def start_synchronizer(
         await state.close()
         raise
     return synchronizer
+
+
+def _malformed(url: str, exc: ValueError) -> ConfigError:
+    """A usage error (exit 2) naming store_url, for a URL its client library cannot parse."""
+    message = str(exc)
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    if password:
+        message = message.replace(password, "***")
+    return ConfigError(f"store_url: {_redacted(url)} is malformed: {message}")
 
 
 def _redacted(url: str) -> str:

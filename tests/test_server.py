@@ -369,6 +369,27 @@ def test_an_unreachable_store_at_startup_exits_1_without_leaking_secrets(url: st
     assert ":pw@" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:notaport/0",
+        "redis://127.0.0.1:99999/0",
+        "postgresql://conduit:pw@127.0.0.1:abc/conduit",
+    ],
+)
+def test_a_malformed_store_url_is_a_setting_error_not_a_traceback(url: str) -> None:
+    # The libraries' URL parsers raise a bare ValueError (Redis.from_url when the store is
+    # built, asyncpg when its pool connects); it escaped serve as a traceback with exit 1.
+    result = subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
+         "--store-url", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("conduit-sidecar: store_url: "), result.stderr
+    assert "Traceback" not in result.stderr and ":pw@" not in result.stderr
+
+
 def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     server = Sidecar(["--store-url", "memory://", "--json-logs"], tmp_path / "sidecar.log")
     assert server.terminate() == 0
