@@ -5,7 +5,8 @@ one process, as in the tests, do not collide. Metric names:
 
 - `conduit_rpc_duration_seconds{method,code}` histogram; its `_count` is the call count
 - `conduit_selections_total{model}` counter of Route decisions
-- `conduit_reward{model}` histogram of rewards applied (feedback and Update)
+- `conduit_reward{model}` histogram of the rewards `Update` applied (feedback's learning is in
+  the two per-model gauges below)
 - `conduit_feedback_total{signal_type,duplicate}` counter of feedback events
 - `conduit_pending_queries` gauge, refreshed by the server in the background
 - `conduit_model_mean_reward{model}` / `conduit_model_weight{model}` gauges: the policy's
@@ -117,7 +118,7 @@ class SidecarMetrics:
             "conduit_selections", "Route decisions by selected model", ("model",)
         )
         self.reward = _Histogram(
-            "conduit_reward", "Rewards applied to the policy by model", ("model",), _REWARD_BUCKETS
+            "conduit_reward", "Rewards applied by Update by model", ("model",), _REWARD_BUCKETS
         )
         self.feedback = _Counter(
             "conduit_feedback",
