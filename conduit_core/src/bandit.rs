@@ -14,8 +14,11 @@ use crate::policy::{ArmStats, PolicyConfig, Selection};
 
 /// A contextual-bandit policy over named arms.
 ///
-/// Discounting (`discount < 1`): each new observation of an arm first multiplies that arm's
-/// statistics (`A`, `b`, `Σw`, `Σw·r`) by `discount`; other arms are not touched. The ridge
+/// Discounting (`discount < 1`): each new observation first multiplies statistics by
+/// `discount`. Scalar policies (UCB1, ε-greedy, Beta TS, baselines) discount every arm's
+/// `Σw`, `Σw·r` (O(K) scalars), so an arm that is no longer played is forgotten too and gets
+/// explored again. Linear policies discount only the observed arm's `A`, `b`, `Σw`, `Σw·r`
+/// (the others are not touched: discounting all would cost O(K·d) per update). The ridge
 /// `λI` is the prior, not an observation: it decays with `A` between exact re-factorisations,
 /// which restore it, and never below `RIDGE_FLOOR·λ` (see `linear`). A `reapply` that replaces an existing observation (`old_weight > 0`) is not a new
 /// observation and does not discount. Deltas exchanged between replicas carry undiscounted
@@ -296,10 +299,20 @@ impl Bandit {
         // Linear arms model r − offset: Σ(w'r' − wr)·x − offset·Σ(w' − w)·x. Exact for
         // updates and net deltas alike, since both are linear in (dw, c).
         let c_linear = c - self.config.reward_offset * dw;
-        let arm = &mut self.arms[i];
-        if discount {
-            arm.discount(self.config.discount);
+        let gamma = self.config.discount;
+        if discount && gamma != 1.0 {
+            if self.config.kind.is_linear() {
+                self.arms[i].discount(gamma);
+            } else {
+                // Every scalar arm forgets, including the ones not played: a neglected
+                // arm's UCB1 bonus must grow back (and its Beta posterior widen) so that a
+                // model that improved while unplayed is found again. O(K) scalars.
+                for arm in &mut self.arms {
+                    arm.discount(gamma);
+                }
+            }
         }
+        let arm = &mut self.arms[i];
         arm.sums.add(dw, c, new_obs);
         arm.delta.add(dw, c, new_obs);
         if let Some(lin) = &mut arm.linear {

@@ -225,3 +225,55 @@ fn adding_and_removing_arms_leaves_the_others_untouched() {
     let fresh = linear_state(&mut p, "c");
     assert!(fresh.2.iter().all(|b| *b == 0.0));
 }
+
+/// Discounting exists for drifting model quality, so it must forget what a policy learned
+/// about an arm it stopped playing, not only about the arm it plays. Here "b" earns less than
+/// "a" at first (0.4 vs 0.8), then more (0.95). Undiscounted UCB1 finds out (ln N keeps
+/// growing). With discounting, "b"'s sums used to decay only with "b"'s own observations:
+/// once "a"'s Σw saturated at 1/(1 − γ), N stopped growing, "b"'s bonus froze below "a"'s
+/// score and "b" was never tried again (last at round 357, 0 of the last 10,000 choices):
+/// strictly worse than no discount. Scalar arms now all decay with every new observation, so
+/// a neglected arm's bonus grows back (and its Beta posterior widens back to the prior).
+#[test]
+fn discounting_forgets_arms_that_are_no_longer_played() {
+    // Exact decay of an untouched scalar arm: γ per new observation of any arm.
+    for kind in [
+        PolicyKind::Ucb1,
+        PolicyKind::BetaTs,
+        PolicyKind::EpsilonGreedy,
+    ] {
+        let mut p = with(kind, 2, &["a", "b"], |c| c.discount = 0.5);
+        p.update("b", &[1.0, 0.0], 1.0, 1.0).unwrap();
+        for _ in 0..3 {
+            p.update("a", &[1.0, 0.0], 0.2, 1.0).unwrap();
+        }
+        let b = p.arm_stats()[1].1;
+        assert_eq!((b.weight_sum, b.reward_sum, b.updates), (0.125, 0.125, 1));
+        // Re-rating a held observation is not a new observation: nothing decays.
+        let a = p.arm_stats()[0].1;
+        p.reapply("a", &[1.0, 0.0], 0.2, 1.0, 0.6, 1.0).unwrap();
+        assert_eq!(p.arm_stats()[1].1, b, "{kind:?}");
+        assert!((p.arm_stats()[0].1.reward_sum - (a.reward_sum + 0.4)).abs() < 1e-15);
+    }
+    // Deterministic rewards, so the run is exactly reproducible.
+    for discount in [1.0, 0.99, 0.95] {
+        let mut p = with(PolicyKind::Ucb1, 2, &["a", "b"], |c| c.discount = discount);
+        let x = [1.0, 0.0];
+        let mut b_late = 0;
+        for t in 0..20_000 {
+            let sel = p.select(&x, None).unwrap();
+            let arm = p.arm_name(sel.arm).to_owned();
+            let reward = match (arm.as_str(), t < 5_000) {
+                ("a", _) => 0.8,
+                (_, true) => 0.4,
+                (_, false) => 0.95,
+            };
+            p.update(&arm, &x, reward, 1.0).unwrap();
+            b_late += usize::from(t >= 10_000 && arm == "b");
+        }
+        assert!(
+            b_late > 5_000,
+            "discount {discount}: b chosen {b_late} of the last 10,000 times"
+        );
+    }
+}
