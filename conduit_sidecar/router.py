@@ -58,7 +58,8 @@ def _eligible_counts(candidates: int, models: int) -> str:
 @dataclass(frozen=True)
 class ModelStats:
     """Per-model totals. Reward sums come from the policy's own (confidence-weighted)
-    statistics, so `mean_reward = reward_sum / weight_sum` matches what the policy learned."""
+    statistics, so `mean_reward = reward_sum / weight_sum` (clamped to [0, 1]) matches what
+    the policy learned."""
 
     selections: int
     outcomes: int
@@ -406,12 +407,21 @@ class Router:
                 selections=tally.selections,
                 outcomes=tally.outcomes,
                 weight_sum=weight_sum,
-                mean_reward=reward_sum / weight_sum if weight_sum > 0.0 else 0.0,
+                mean_reward=_mean_reward(reward_sum, weight_sum),
                 cost_usd_sum=tally.cost_usd_sum,
                 latency_s_sum=tally.latency_s_sum,
                 updates=arm.updates if arm is not None else 0,
             )
         return result
+
+
+def _mean_reward(reward_sum: float, weight_sum: float) -> float:
+    """`reward_sum / weight_sum` in [0, 1] (0 before any weight). With discount < 1 a
+    re-applied observation moves the sums by its undecayed net delta, so the raw ratio can
+    leave [0, 1] (the sums themselves must stay exact for later deltas to telescope)."""
+    if weight_sum <= 0.0:
+        return 0.0
+    return min(1.0, max(0.0, reward_sum / weight_sum))
 
 
 def _pair(value: tuple[float, float], field: str) -> tuple[float, float]:

@@ -298,6 +298,35 @@ def test_the_selection_paths_agree(
         assert full.scores[full.arm] == max(full.scores.values())
 
 
+# ---------------------------------------------------------------- discounting
+
+
+def test_a_reapplied_observation_under_discounting_keeps_the_reported_mean_in_range() -> None:
+    # With discount < 1 a re-application moves the statistics by its undecayed net delta
+    # (the policy does not know how far the observation it replaces has decayed), so the
+    # raw sums can leave [0, 1]: here reward_sum goes negative. Those sums must stay as
+    # they are (later net deltas and merges telescope on them), but Router.stats() reports
+    # a mean *reward*, which is in [0, 1] by definition, as the policy's own readers
+    # (smoothed means, Beta parameters) already clamp it. It reported -0.5 and 1024.
+    from conduit_sidecar.router import Router
+
+    dim = 8
+    router = Router(["a", "b"], policy=PolicyConfig(kind="ucb1", dim=dim, discount=0.5))
+    x = [1.0] + [0.0] * (dim - 1)
+    router.apply_observation("a", x, None, (1.0, 1.0))
+    router.apply_observation("b", x, None, (0.0, 1.0))
+    for _ in range(10):
+        router.apply_observation("a", x, None, (0.0, 1.0))
+    # Both first queries are re-rated after their observations have decayed.
+    router.apply_observation("a", x, (1.0, 1.0), (0.0, 1.0))
+    router.apply_observation("b", x, (0.0, 1.0), (1.0, 1.0))
+    a, b = router.policy.arm_stats()["a"], router.policy.arm_stats()["b"]
+    assert a.reward_sum < 0.0 < a.weight_sum
+    assert b.reward_sum > b.weight_sum > 0.0
+    stats = router.stats()
+    assert (stats["a"].mean_reward, stats["b"].mean_reward) == (0.0, 1.0)
+
+
 # ---------------------------------------------------------------- state
 
 
