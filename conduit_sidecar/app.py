@@ -93,13 +93,16 @@ def build_router(config: SidecarConfig) -> Router:
             models = load_catalogue(config.catalogue)
         except InvalidArgument as exc:  # a usage error (exit 2) naming the setting
             raise ConfigError(f"catalogue: {exc}") from None
-    return Router(
-        models,
-        policy=config.policy,
-        feature_dim=config.feature_dim,
-        reward_weights=config.preference,
-        seed=config.seed,
-    )
+    try:
+        return Router(
+            models,
+            policy=config.policy,
+            feature_dim=config.feature_dim,
+            reward_weights=config.preference,
+            seed=config.seed,
+        )
+    except InvalidArgument as exc:  # e.g. a seed or feature_dim the core refuses: exit 2
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass

@@ -79,6 +79,25 @@ def test_serve_refuses_a_bad_catalogue_with_exit_code_2(
     assert detail in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "setting"),
+    [(["--seed", "-1"], "seed"), (["--feature-dim", "4"], "feature_dim")],
+)
+def test_serve_refuses_settings_the_policy_refuses_with_exit_code_2(
+    args: list[str], setting: str
+) -> None:
+    # Valid for the config, refused by the Router / core when the app is built: that
+    # InvalidArgument exited 1.
+    result = subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
+         "--store-url", "memory://", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("conduit-sidecar: "), result.stderr
+    assert f"{setting}: " in result.stderr and "Traceback" not in result.stderr
+
+
 def test_stats_refuses_a_bad_timeout_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
     # The client's ValueError used to escape main() as a traceback.
     for value in ("0", "inf"):
