@@ -16,7 +16,8 @@ use crate::arm::{Arm, ScalarSums};
 use crate::bandit::{check_arm_name, Bandit};
 use crate::codec::{Reader, Writer};
 use crate::error::{CoreError, CoreResult};
-use crate::kernels::packed_len;
+use crate::kernels::{packed_len, row_start};
+use crate::linalg::invert_spd_packed;
 use crate::linear::LinearStats;
 
 const MAGIC: &[u8; 8] = b"CNDTDLTA";
@@ -188,6 +189,78 @@ impl Bandit {
             }
         }
         self.version += 1;
+        Ok(())
+    }
+}
+
+/// A linear arm's side of the exchange: what it applied locally since the last take, and
+/// another replica's sums added in.
+impl LinearStats {
+    /// Whether anything was applied locally since the last `take_delta` (pending terms
+    /// folded first). O(d²), for `take_delta` only.
+    pub(crate) fn has_local_delta(&mut self) -> bool {
+        if self.delta_rx.iter().any(|v| *v != 0.0) {
+            return true;
+        }
+        self.flush();
+        if self.explicit_delta {
+            self.delta_base.iter().any(|v| *v != 0.0)
+        } else {
+            self.a != self.delta_base
+        }
+    }
+
+    /// Returns `(Σ dw·x·xᵀ, Σ c·x)` accumulated since the last call and resets both.
+    pub fn take_delta(&mut self) -> (Vec<f64>, Vec<f64>) {
+        self.flush();
+        let xx = if self.explicit_delta {
+            std::mem::replace(&mut self.delta_base, vec![0.0; packed_len(self.dim)])
+        } else {
+            // Without discounting the lazy scale is always 1, so `a` is the true A.
+            let xx = self
+                .a
+                .iter()
+                .zip(&self.delta_base)
+                .map(|(a, b)| a - b)
+                .collect();
+            self.delta_base.copy_from_slice(&self.a);
+            xx
+        };
+        let rx = std::mem::replace(&mut self.delta_rx, vec![0.0; self.dim]);
+        (xx, rx)
+    }
+
+    /// Adds `xx` (packed `Σ w·x·xᵀ`) and `rx` (`Σ w·r·x`) from another replica and
+    /// re-factorises exactly. Fails, leaving everything unchanged, if the sum is not SPD.
+    pub fn merge(&mut self, xx: &[f64], rx: &[f64]) -> CoreResult<()> {
+        self.flush();
+        // The true A (lazy scale folded, discounted ridge restored, see `RIDGE_FLOOR`) plus
+        // the delta, built aside so that a failure changes nothing.
+        let s = self.scale;
+        let mut a: Vec<f64> = self.a.iter().zip(xx).map(|(a, m)| a * s + m).collect();
+        if s != 1.0 {
+            for i in 0..self.dim {
+                a[row_start(self.dim, i)] += (1.0 - s) * self.ridge;
+            }
+        }
+        let a_inv = invert_spd_packed(&a, self.dim).ok_or_else(|| {
+            CoreError::corrupt("delta", "merged statistics are not positive definite")
+        })?;
+        self.scale = 1.0;
+        if !self.explicit_delta {
+            // Merged terms are not local: keep them out of the next take (no echo).
+            for (b, m) in self.delta_base.iter_mut().zip(xx) {
+                *b += m;
+            }
+        }
+        self.a = a;
+        self.a_inv = a_inv;
+        self.refresh_mirror();
+        for (b, r) in self.b.iter_mut().zip(rx) {
+            *b += r;
+        }
+        self.refresh_theta();
+        self.since_refactor = 0;
         Ok(())
     }
 }

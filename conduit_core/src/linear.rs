@@ -308,40 +308,6 @@ impl LinearStats {
         self.pending_x.clear();
     }
 
-    /// Returns `(Σ dw·x·xᵀ, Σ c·x)` accumulated since the last call and resets both.
-    /// Whether anything was applied locally since the last `take_delta` (pending terms
-    /// folded first). O(d²), for `take_delta` only.
-    pub(crate) fn has_local_delta(&mut self) -> bool {
-        if self.delta_rx.iter().any(|v| *v != 0.0) {
-            return true;
-        }
-        self.flush();
-        if self.explicit_delta {
-            self.delta_base.iter().any(|v| *v != 0.0)
-        } else {
-            self.a != self.delta_base
-        }
-    }
-
-    pub fn take_delta(&mut self) -> (Vec<f64>, Vec<f64>) {
-        self.flush();
-        let xx = if self.explicit_delta {
-            std::mem::replace(&mut self.delta_base, vec![0.0; packed_len(self.dim)])
-        } else {
-            // Without discounting the lazy scale is always 1, so `a` is the true A.
-            let xx = self
-                .a
-                .iter()
-                .zip(&self.delta_base)
-                .map(|(a, b)| a - b)
-                .collect();
-            self.delta_base.copy_from_slice(&self.a);
-            xx
-        };
-        let rx = std::mem::replace(&mut self.delta_rx, vec![0.0; self.dim]);
-        (xx, rx)
-    }
-
     /// Folds the lazy scale into `a` and `a_inv` and puts the discounted ridge back: the true
     /// `A` gains `(1 − scale)·λI`. `a_inv` is then stale when `scale < 1`, so only callers
     /// that re-factorise right after use this (a no-op without discounting).
@@ -387,40 +353,6 @@ impl LinearStats {
         &self.b
     }
 
-    /// Adds `xx` (packed `Σ w·x·xᵀ`) and `rx` (`Σ w·r·x`) from another replica and
-    /// re-factorises exactly. Fails, leaving everything unchanged, if the sum is not SPD.
-    pub fn merge(&mut self, xx: &[f64], rx: &[f64]) -> CoreResult<()> {
-        self.flush();
-        // The true A (lazy scale folded, discounted ridge restored, see `RIDGE_FLOOR`) plus
-        // the delta, built aside so that a failure changes nothing.
-        let s = self.scale;
-        let mut a: Vec<f64> = self.a.iter().zip(xx).map(|(a, m)| a * s + m).collect();
-        if s != 1.0 {
-            for i in 0..self.dim {
-                a[crate::kernels::row_start(self.dim, i)] += (1.0 - s) * self.ridge;
-            }
-        }
-        let a_inv = invert_spd_packed(&a, self.dim).ok_or_else(|| {
-            CoreError::corrupt("delta", "merged statistics are not positive definite")
-        })?;
-        self.scale = 1.0;
-        if !self.explicit_delta {
-            // Merged terms are not local: keep them out of the next take (no echo).
-            for (b, m) in self.delta_base.iter_mut().zip(xx) {
-                *b += m;
-            }
-        }
-        self.a = a;
-        self.a_inv = a_inv;
-        self.refresh_mirror();
-        for (b, r) in self.b.iter_mut().zip(rx) {
-            *b += r;
-        }
-        self.refresh_theta();
-        self.since_refactor = 0;
-        Ok(())
-    }
-
     /// Exact re-factorisation: `A⁻¹` recomputed from `A` by Cholesky, `θ = A⁻¹b`; with
     /// discounting, the ridge is restored to `λI` first.
     pub fn refactor(&mut self) {
@@ -436,7 +368,7 @@ impl LinearStats {
         self.since_refactor = 0;
     }
 
-    fn refresh_theta(&mut self) {
+    pub(crate) fn refresh_theta(&mut self) {
         let mut theta = vec![0.0; self.dim];
         sym_matvec(&self.a_inv, &self.b, &mut theta);
         let s = self.scale;
