@@ -49,7 +49,9 @@ class PolicyConfig:
     ts_scale: float = 0.5  # v in theta ~ N(theta_hat, v^2 A^-1)
     prior_alpha: float = 1.0  # Beta Thompson prior
     prior_beta: float = 1.0
-    discount: float = 1.0  # exponential forgetting per update, 1.0 = none
+    # Exponential forgetting per new observation, 1.0 = none: scalar policies decay every arm,
+    # linear ones the observed arm only (docs/ARCHITECTURE.md, layer 1).
+    discount: float = 1.0
     refactor_every: int = 1000  # exact re-factorisation period (updates per arm)
     mc_samples: int = 200  # Monte-Carlo draws for Thompson propensities
     seed: int = 0

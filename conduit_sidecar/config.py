@@ -73,7 +73,8 @@ class SidecarConfig:
     # merged every sync_interval_s (0 = after every observation: zero loss window with a
     # shared store); a snapshot is compacted every snapshot_interval_s; state_namespace
     # prefixes the Redis keys / names the SQL tables and schema of both the policy state and
-    # the feedback store, so several router groups can share one server.
+    # the feedback store, so several router groups can share one server (on SQLite only the
+    # policy state's tables: the feedback tables of one file are not namespaced).
     sync_interval_s: float = 1.0
     snapshot_interval_s: float = 60.0
     state_namespace: str = "conduit"

@@ -1,7 +1,8 @@
 """The domain objects that cross the router boundary: Query, Constraints, RoutingDecision.
 
-Plain dataclasses, transport-neutral: the servicer builds them from protobuf messages and the
-feedback stores serialise decisions with `RoutingDecision.to_dict` / `from_dict`.
+Plain dataclasses, transport-neutral: the servicer builds them from protobuf messages; the
+feedback stores that keep text serialise decisions with `feedback.stores.base.decision_to_json`
+(format 2) and still read format-1 records, plain `to_dict` JSON, through `from_dict`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 //! `A = λI + Σ w·x·xᵀ` and `b = Σ w·r·x`, with `A⁻¹` kept by weighted Sherman–Morrison and
 //! `θ = A⁻¹b` cached, both packed (see `kernels`).
 //!
-//! Two tricks keep the hot path at one read of `A⁻¹` (select) and one read plus one write
+//! Three tricks keep the hot path at one read of `A⁻¹` (select) and one read plus one write
 //! (update):
 //! - the rank-1 terms for `A` are buffered and folded in `PENDING` at a time, so `A` (which
 //!   only the exact re-factorisation, snapshots and merges read) costs one pass per batch;

@@ -90,7 +90,8 @@ pub struct PolicyConfig {
     pub ts_scale: f64,
     pub prior_alpha: f64,
     pub prior_beta: f64,
-    /// Per-update forgetting factor in (0, 1]; 1 keeps everything.
+    /// Forgetting factor per new observation in (0, 1]; 1 keeps everything. Scalar policies
+    /// apply it to every arm, linear ones to the observed arm (see [`crate::Bandit`]).
     pub discount: f64,
     /// Sherman–Morrison steps per arm between exact re-factorisations.
     pub refactor_every: u64,
