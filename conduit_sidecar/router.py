@@ -379,6 +379,13 @@ class Router:
             return
         self.policy.reapply(model_id, x, old_reward, old_weight, new_reward, new_weight)
 
+    def retract_selection(self, model_id: str) -> None:
+        """Takes back the selection `decide` counted for a decision that was not answered: a
+        Route whose client-chosen query_id was already pending answers the logged one."""
+        tally = self._tally.get(model_id)
+        if tally is not None and tally.selections > 0:
+            tally.selections -= 1
+
     def record_outcome(
         self, model_id: str, cost_usd: float | None, latency_s: float | None
     ) -> None:

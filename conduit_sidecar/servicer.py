@@ -192,7 +192,8 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
                 # the application): the store keeps the first decision and every Track and
                 # signal for the id will update its model, so that decision is the answer.
                 pending = await self.collector.store.get(decision.query_id)
-                if pending is not None:
+                if pending is not None and pending.decision.created_at != decision.created_at:
+                    self.router.retract_selection(decision.selected_model)
                     decision = pending.decision
         except Unavailable as exc:
             # Routing never depends on the store (docs/OPERATIONS.md, failure behaviour): the

@@ -194,9 +194,18 @@ def test_a_reused_query_id_answers_the_logged_decision(stub: Any) -> None:
         only = pb.Constraints(allowed_models=[model])
         return routed(stub, query_id="app-request-17", constraints=only, include_features=True)
 
+    def selections() -> dict[str, int]:
+        return {m.model_id: m.selections for m in stub.GetStats(pb.GetStatsRequest()).models}
+
+    counted = selections()
     first = route("gpt-4o-mini")
     again = route("gpt-4o")
     assert again.selected_model == first.selected_model == "gpt-4o-mini"
+    # The model chosen once, by the first Route; the retry's own decision was never answered
+    # (it used to count a selection of gpt-4o).
+    after = selections()
+    assert after["gpt-4o-mini"] == counted["gpt-4o-mini"] + 1
+    assert after["gpt-4o"] == counted["gpt-4o"]
     assert (again.propensity, again.features) == (first.propensity, first.features)
     before = weight(again.selected_model)
     stub.RecordFeedback(
