@@ -112,6 +112,13 @@ class SidecarConfig:
         for name in positive_ints:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        from .query import MAX_TEXT_CHARS  # here: config stays importable without the domain
+
+        if self.max_text_chars > MAX_TEXT_CHARS:
+            # The Router refuses longer texts whatever the sidecar's own limit says.
+            raise ConfigError(
+                f"max_text_chars: must be at most {MAX_TEXT_CHARS}, got {self.max_text_chars}"
+            )
         if self.max_message_bytes > MAX_MESSAGE_BYTES:
             raise ConfigError(
                 f"max_message_bytes: must be at most {MAX_MESSAGE_BYTES}, "
