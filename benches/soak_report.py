@@ -28,7 +28,12 @@ FAULTS = [
         "message; everything works again after Redis returns, no restart; replicas agree",
         "tests/test_sync_outage_redis.py",
     ),
-    ("PostgreSQL restarted (private cluster)", "the same", "tests/test_sync_outage_postgres.py"),
+    (
+        "PostgreSQL restarted (private cluster)",
+        "the same, except that `Track`/`RecordFeedback` answer `UNAVAILABLE` within 12 s (a "
+        "reconnect gives up only at the store's 10 s connect timeout)",
+        "tests/test_sync_outage_postgres.py",
+    ),
     (
         "restart on the SQLite default",
         "learning restored exactly (SIGTERM at 1 s; `kill -9` at interval 0)",

@@ -5,7 +5,8 @@ since the last take) and appends it to the store's log, then adds up every delta
 replicas appended since its cursor. Every `snapshot_interval_s` it folds old deltas into a
 new base snapshot (any replica may; the store arbitrates). At start it restores base + log.
 
-Replica id: a fresh uuid per process start. After a crash the new process therefore reads
+Replica id: by default a fresh uuid per process start (a caller may pass its own; its
+publish ids still get a per-instance prefix). After a crash the new process therefore reads
 every delta in the log, its previous incarnation's included, on top of the base: nothing the
 old process published is lost, and nothing is counted twice (the new process never merged it
 before). Only deltas this very process published are skipped.
