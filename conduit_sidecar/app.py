@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,6 +25,10 @@ log = logging.getLogger("conduit_sidecar.app")
 # How long close() waits for store writes whose callers are gone (SQLite's busy timeout is
 # 10 s); only a store that hangs past its own timeouts makes shutdown wait this long.
 SETTLE_TIMEOUT_S = 15.0
+# How long closing a store may take at shutdown (a flush of buffered SQLite writes waits up
+# to its 10 s busy timeout). A connection pool waits for its connections forever, and one
+# stuck on an unresponsive server (a network partition) never comes back.
+STORE_CLOSE_TIMEOUT_S = 15.0
 
 
 def sqlite_path(store_url: str) -> Path:
@@ -165,8 +170,8 @@ class SidecarApp:
             try:
                 await self.synchronizer.stop()
             finally:
-                await self.synchronizer.store.close()
-        await self.store.close()
+                await _bounded_close(self.synchronizer.store.close(), "the policy state store")
+        await _bounded_close(self.store.close(), "the feedback store")
 
     async def _settle_feedback(self) -> None:
         """Waits for the collector's store writes whose caller was cancelled.
@@ -220,6 +225,17 @@ async def start_synchronizer(
         await state.close()
         raise
     return synchronizer
+
+
+async def _bounded_close(closing: Awaitable[None], what: str) -> None:
+    try:
+        await asyncio.wait_for(closing, STORE_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.error(
+            "closing %s took over %.0fs (its server does not answer); exiting without it",
+            what,
+            STORE_CLOSE_TIMEOUT_S,
+        )
 
 
 def _malformed(url: str, exc: ValueError) -> ConfigError:

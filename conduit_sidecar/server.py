@@ -244,7 +244,11 @@ class SidecarServer:
         if self._server is not None:
             await self._server.stop(self.config.grace_s)
         if self._refresh_task is not None:
-            await self._refresh_task
+            # It only refreshes gauges: a store read stuck on an unresponsive server (no
+            # reply, no error) must not hold up the shutdown, and asyncpg's release of a
+            # cancelled connection can itself wait on that server, so don't wait for it.
+            self._refresh_task.cancel()
+            await asyncio.wait({self._refresh_task}, timeout=1.0)
         for hook in self.on_shutdown:
             try:
                 result = hook()

@@ -3,14 +3,19 @@ graceful SIGTERM, and a restart on the SQLite default that keeps pending queries
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -23,10 +28,14 @@ from conduit_sidecar._proto import conduit_pb2 as pb
 from conduit_sidecar.app import SidecarApp
 from conduit_sidecar.config import SidecarConfig
 from conduit_sidecar.server import SERVICE_NAME, SidecarServer
+from conduit_sidecar.sync.postgres_store import PostgresPolicyStateStore
 
 __all__ = ["sidecar", "stub"]  # fixtures imported for pytest
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+POSTGRES_URL = os.environ.get(
+    "CONDUIT_TEST_POSTGRES_URL", "postgresql://conduit@127.0.0.1:5440/conduit_test"
+)
 
 
 def payload(**values: Any) -> struct_pb2.Struct:
@@ -388,6 +397,87 @@ def test_a_malformed_store_url_is_a_setting_error_not_a_traceback(url: str) -> N
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("conduit-sidecar: store_url: "), result.stderr
     assert "Traceback" not in result.stderr and ":pw@" not in result.stderr
+
+
+class FreezableRelay:
+    """A TCP relay to a real server that can stop forwarding: a network partition or a hung
+    server (connections stay open, no byte arrives), which loopback cannot otherwise produce
+    without stopping the shared test server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.frozen = threading.Event()
+        self.closed = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+                while self.frozen.is_set() and not self.closed.is_set():
+                    time.sleep(0.05)  # hold the bytes: nothing reaches the other side
+                if not data or self.closed.is_set():
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed.set()
+        for sock in (self.listener, *self.sockets):
+            sock.close()
+
+
+def test_sigterm_with_a_hung_postgresql_still_exits(tmp_path: Path) -> None:
+    namespace = "t" + os.urandom(8).hex()
+    url = urlsplit(POSTGRES_URL)
+    relay = FreezableRelay(url.hostname or "127.0.0.1", url.port or 5432)
+    relayed = url._replace(netloc=f"{url.username}@127.0.0.1:{relay.port}").geturl()
+    server = Sidecar(
+        ["--store-url", relayed, "--state-namespace", namespace, "--grace-s", "1"],
+        tmp_path / "sidecar.log",
+    )
+    try:
+        with server.channel() as channel:
+            stub = server.stub(channel)
+            decision = stub.Route(pb.RouteRequest(text="before the partition"))
+            stub.Track(pb.TrackRequest(query_id=decision.query_id, latency_s=0.5))
+        relay.frozen.set()
+        time.sleep(6)  # the pending-gauge refresh (every 5 s) is now waiting on the store
+        server.proc.terminate()  # SIGTERM
+        # Each step of shutdown is bounded; the closing connection pool waited for its
+        # stalled connections forever (asyncpg: "Pool.close() is taking over 60 seconds").
+        assert server.proc.wait(timeout=90) == 0
+    finally:
+        server.stop()
+        relay.close()
+
+        async def drop() -> None:
+            import asyncpg
+
+            state = PostgresPolicyStateStore(POSTGRES_URL, namespace=namespace)
+            await state.delete_all()
+            await state.close()
+            conn = await asyncpg.connect(POSTGRES_URL)
+            await conn.execute(f"DROP SCHEMA IF EXISTS {namespace} CASCADE")
+            await conn.close()
+
+        asyncio.run(drop())
+    assert "stopped after" in server.log()
 
 
 def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
