@@ -35,7 +35,10 @@ def sqlite_path(store_url: str) -> Path:
     """`sqlite:///rel/path` is relative to the working directory, `sqlite:////abs` absolute
     (SQLAlchemy's convention); the parent directory is created if missing."""
     path = Path(store_url[len("sqlite:///") :])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # name the setting, not only the path
+        raise OSError(f"store_url: cannot create {path.parent}: {exc.strerror}") from None
     return path
 
 

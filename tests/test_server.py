@@ -480,6 +480,19 @@ def test_sigterm_with_a_hung_postgresql_still_exits(tmp_path: Path) -> None:
     assert "stopped after" in server.log()
 
 
+def test_a_sqlite_store_whose_directory_cannot_be_made_names_store_url(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'a-file' / 'state' / 'conduit.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
+         "--store-url", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    # It said only "[Errno 20] Not a directory: '...'", naming no setting.
+    assert result.stderr.startswith("conduit-sidecar: store_url: cannot create "), result.stderr
+
+
 def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     server = Sidecar(["--store-url", "memory://", "--json-logs"], tmp_path / "sidecar.log")
     assert server.terminate() == 0
