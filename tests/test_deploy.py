@@ -3,19 +3,22 @@ manifests are checked as data: what kubelet and the sidecar would read from them
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from conduit_sidecar.config import env_name, load_config
+from conduit_sidecar.config import SidecarConfig, env_name, load_config
 from conduit_sidecar.models import load_catalogue
 from conduit_sidecar.server import SERVICE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
 WORKLOADS = ("app-with-sidecar.yaml", "redis-multi-replica.yaml")
+SETTING_VARIABLES = {env_name(f.name) for f in dataclasses.fields(SidecarConfig)}
 
 
 def documents(name: str) -> list[dict[str, Any]]:
@@ -92,9 +95,34 @@ def test_sidecar_env_is_a_valid_config(name: str, tmp_path: Path) -> None:
     values["CONDUIT_TOKEN"] = "secret-from-the-cluster"
     config = load_config(env=values)
     assert config.listen == "0.0.0.0:50051"
-    assert all(key == env_name(key[len("CONDUIT_") :].lower()) for key in values)
+    # load_config ignores variables that name no setting: a misspelt one would be dropped
+    # without a word, so every CONDUIT_* variable here must be a setting's.
+    assert set(values) <= SETTING_VARIABLES, set(values) - SETTING_VARIABLES
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert values["CONDUIT_CATALOGUE"] and mounts["catalogue"] == "/etc/conduit"
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The runtime stage's ENV settings (`ENV A=1 \\` continued over several lines)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for pair in shlex.split(line[len("ENV ") :]):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def test_dockerfile_env_is_a_valid_config() -> None:
+    values = {k: v for k, v in dockerfile_env().items() if k.startswith("CONDUIT_")}
+    assert set(values) <= SETTING_VARIABLES, set(values) - SETTING_VARIABLES
+    config = load_config(env=values)
+    assert config.listen == "0.0.0.0:50051"  # kubelet's probes connect to the pod IP
+    assert config.store_url == "sqlite:////var/lib/conduit/conduit.db"
+    assert config.metrics_port == 9464 and config.json_logs
+    text = (ROOT / "Dockerfile").read_text()
+    assert 'VOLUME ["/var/lib/conduit"]' in text and "EXPOSE 50051 9464" in text
 
 
 def test_catalogue_configmap_is_a_loadable_catalogue(tmp_path: Path) -> None:
