@@ -101,6 +101,41 @@ async def test_an_unreachable_store_raises_unavailable(backend: str, tmp_path: o
     await store.close()
 
 
+async def test_a_hung_postgresql_is_unavailable_within_the_command_timeout(
+    postgres_url: str,
+) -> None:
+    # A server that keeps the connection open and never answers (a hang or a partition,
+    # through a relay that stops forwarding): log_decision used to wait forever, and Route
+    # with it until the client's deadline.
+    from urllib.parse import urlsplit
+
+    from net_relay import FreezableRelay
+
+    url = urlsplit(postgres_url)
+    relay = FreezableRelay(url.hostname or "127.0.0.1", url.port or 5432)
+    relayed = url._replace(netloc=f"{url.username}@127.0.0.1:{relay.port}").geturl()
+    schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
+    store = PostgresFeedbackStore(database_url=relayed, schema=schema, command_timeout_s=1.0)
+    try:
+        await store.initialize()
+        collector = make_collector(store)
+        await collector.log_decision(await routed(collector))
+        relay.frozen.set()
+        decision = await routed(collector)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(collector.log_decision(decision), timeout=30)
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        relay.close()  # the stalled connections fail at once, so close() does not wait
+        await store.close()
+        import asyncpg
+
+        conn = await asyncpg.connect(postgres_url)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
 async def test_redis_store_accepts_a_decoding_client(redis_url: str) -> None:
     from redis.asyncio import Redis
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,6 +21,7 @@ from google.protobuf import descriptor_pb2, struct_pb2
 from grpc_fixtures import ROOT, Sidecar, sidecar, stub
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from net_relay import FreezableRelay
 
 from conduit_sidecar._proto import conduit_pb2 as pb
 from conduit_sidecar.app import SidecarApp
@@ -397,49 +396,6 @@ def test_a_malformed_store_url_is_a_setting_error_not_a_traceback(url: str) -> N
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("conduit-sidecar: store_url: "), result.stderr
     assert "Traceback" not in result.stderr and ":pw@" not in result.stderr
-
-
-class FreezableRelay:
-    """A TCP relay to a real server that can stop forwarding: a network partition or a hung
-    server (connections stay open, no byte arrives), which loopback cannot otherwise produce
-    without stopping the shared test server."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.frozen = threading.Event()
-        self.closed = threading.Event()
-        self.sockets: list[socket.socket] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                return
-            self.sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        while True:
-            try:
-                data = src.recv(65536)
-                while self.frozen.is_set() and not self.closed.is_set():
-                    time.sleep(0.05)  # hold the bytes: nothing reaches the other side
-                if not data or self.closed.is_set():
-                    return
-                dst.sendall(data)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.closed.set()
-        for sock in (self.listener, *self.sockets):
-            sock.close()
 
 
 def test_sigterm_with_a_hung_postgresql_still_exits(tmp_path: Path) -> None:

@@ -102,6 +102,7 @@ class PostgresFeedbackStore(FeedbackStore):
         min_pool_size: int = 1,
         max_pool_size: int = 10,
         connect_timeout_s: float = 10.0,
+        command_timeout_s: float = 4.0,
     ) -> None:
         if not _IDENT.match(schema):
             raise ValueError(f"schema must be a plain SQL identifier, got {schema!r}")
@@ -112,6 +113,11 @@ class PostgresFeedbackStore(FeedbackStore):
         self._min_pool = min_pool_size
         self._max_pool = max_pool_size
         self._connect_timeout_s = connect_timeout_s
+        # A hung server or a partition keeps connections open with no answer: without a
+        # bound, Route's log_decision waited until the client's deadline (30-60 s measured)
+        # while OPERATIONS.md promises an answer within 5 s. A statement past it is
+        # Unavailable.
+        self._command_timeout_s = command_timeout_s
         self._pool: Any = None
         self._init_lock = asyncio.Lock()
         self._writes = 0
@@ -169,6 +175,7 @@ class PostgresFeedbackStore(FeedbackStore):
                     min_size=self._min_pool,
                     max_size=self._max_pool,
                     timeout=self._connect_timeout_s,
+                    command_timeout=self._command_timeout_s,
                 )
 
             pool = await self._guard("connect", connect)
