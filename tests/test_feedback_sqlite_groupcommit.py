@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -263,6 +264,35 @@ async def test_failing_writes_in_a_group_undo_only_themselves(tmp_path: Path) ->
         finally:
             conn.close()
         assert values == [i for i in range(60) if i % 3]
+    finally:
+        await writer.close()
+
+
+async def test_lost_buffered_writes_are_logged_at_most_every_30_s(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A full disk fails every buffered batch while other writes still commit now and then:
+    # one warning per batch flooded the log (536 lines in 12 s, measured by the ops audit).
+    # Raising "disk is full" from the write itself stands in for the disk, which a test
+    # cannot fill on the shared machine.
+    path = tmp_path / "t.db"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def full(conn: sqlite3.Connection, items: list[object]) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    writer = GroupCommitWriter(connect, str(path), flush_interval_s=0.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="conduit_sidecar.feedback.stores"):
+            for _ in range(40):
+                await writer.call(lambda c: c.execute("PRAGMA user_version = 1"), write=True)
+                assert writer.post(full, "decision")
+                await writer.call(lambda c: None, write=False)  # behind the failed batch
+        assert writer.lost == 40
+        lines = [r for r in caplog.records if "were not stored" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
     finally:
         await writer.close()
 

@@ -40,6 +40,9 @@ from conduit_sidecar.errors import Unavailable
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
+# At most one warning per this many seconds about buffered writes that were lost.
+LOST_WARNING_INTERVAL_S = 30.0
+
 # Outcome of one operation: (pending, succeeded, value or exception).
 _Outcome = tuple["_Pending", bool, Any]
 
@@ -90,6 +93,8 @@ class GroupCommitWriter:
         self.commits = 0  # COMMITs issued: one per batch that contained a write
         self.operations = 0  # operations executed
         self.lost = 0  # buffered operations that failed after their caller returned
+        self._lost_logged = 0  # `lost` as of the last warning
+        self._lost_warned_at = -LOST_WARNING_INTERVAL_S  # monotonic time of that warning
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conduit-sqlite")
         self._cond = threading.Condition()
         self._queue: deque[_Pending] = deque()
@@ -283,11 +288,17 @@ class GroupCommitWriter:
             by_loop.setdefault(pending.loop, []).append((pending.future, ok, value))
         if failed:
             self.lost += len(failed)
-            _log.warning(
-                "%d buffered SQLite write(s) were not stored (their callers had returned): %s",
-                len(failed),
-                failed[0],
-            )
+            now = time.monotonic()
+            # A failing disk fails every batch (one per flush interval): one line per
+            # interval would flood the log, so the count since the last line is reported.
+            if now - self._lost_warned_at >= LOST_WARNING_INTERVAL_S:
+                _log.warning(
+                    "%d buffered SQLite write(s) were not stored (their callers had returned) "
+                    "since the last warning: %s",
+                    self.lost - self._lost_logged,
+                    failed[0],
+                )
+                self._lost_warned_at, self._lost_logged = now, self.lost
         # One wake-up per event loop per batch, not one per caller.
         for loop, items in by_loop.items():
             try:
