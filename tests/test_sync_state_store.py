@@ -262,3 +262,25 @@ def test_open_state_store_picks_the_backend_from_the_url(tmp_path: Path) -> None
         open_state_store("mysql://x")
     with pytest.raises(ValueError, match="namespace"):
         open_state_store("postgresql://u@h/db", namespace="Bad-Name;")
+
+
+async def test_a_full_sqlite_database_reports_that_it_is_full(tmp_path: Path) -> None:
+    # SQLite rolls a transaction back itself on SQLITE_FULL; the store's own ROLLBACK then
+    # raised "cannot rollback - no transaction is active" in place of the real cause. The
+    # database is made full by SQLite's own page limit on the store's real connection.
+    store = SqlitePolicyStateStore(tmp_path / "state.db")
+    await store.initialize()
+    try:
+        db = store._db
+        assert db is not None
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(Unavailable, match="database or disk is full"):
+            await store.publish_delta("r1", b"x" * 200_000, publish_id="p1")
+        db.execute("PRAGMA max_page_count = 1073741823")
+        # Nothing half-written, and the store works again once there is room.
+        assert await store.read_deltas(START) == []
+        await store.publish_delta("r1", b"x" * 200_000, publish_id="p1")
+        assert len(await store.read_deltas(START)) == 1
+    finally:
+        await store.close()

@@ -44,6 +44,14 @@ def _cursor(seq: int) -> str:
     return str(seq) if seq > 0 else START
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    """Ends a failed transaction; SQLite may have rolled it back already (a full disk, an I/O
+    error), and a second ROLLBACK would raise "no transaction is active" in place of the
+    error that explains the failure."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 class SqlitePolicyStateStore(PolicyStateStore):
     """Base and deltas in tables `{namespace}_policy_base` / `{namespace}_policy_deltas`."""
 
@@ -166,7 +174,7 @@ class SqlitePolicyStateStore(PolicyStateStore):
                 db.execute("COMMIT")
                 return True
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
         return await self._run("write the base snapshot", save)
@@ -194,7 +202,7 @@ class SqlitePolicyStateStore(PolicyStateStore):
                 db.execute("COMMIT")
                 return _cursor(seq)
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
         return await self._run("publish a policy delta", publish)
@@ -215,7 +223,8 @@ class SqlitePolicyStateStore(PolicyStateStore):
                     (after, last, limit),
                 ).fetchall()
             finally:
-                db.execute("COMMIT")
+                if db.in_transaction:  # an error may have ended it: keep that error
+                    db.execute("COMMIT")
             records = [DeltaRecord(_cursor(s), r, bytes(d)) for s, r, d in rows]
             return (row[0] if row is not None else None), records
 
@@ -249,7 +258,7 @@ class SqlitePolicyStateStore(PolicyStateStore):
                 db.execute("COMMIT")
                 return cur.rowcount == 1
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
         return token if await self._run("take a lock", lock) else None
