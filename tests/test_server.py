@@ -308,21 +308,23 @@ def test_restart_on_sqlite_keeps_pending_queries(tmp_path: Path) -> None:
         assert second.terminate() == 0
 
 
-def test_a_taken_port_is_a_clear_startup_error(sidecar: Sidecar) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", sidecar.target,
-         "--store-url", "memory://"],
+def serve_once(listen: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`conduit-sidecar serve` in a child process, for settings it must refuse at start-up."""
+    return subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", listen, *flags],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
+
+
+def test_a_taken_port_is_a_clear_startup_error(sidecar: Sidecar) -> None:
+    result = serve_once(sidecar.target, "--store-url", "memory://")
     assert result.returncode == 1
     assert f"listen: cannot bind {sidecar.target}" in result.stderr
     # The metrics port too: it used to say only "[Errno 98] Address already in use".
     assert sidecar.metrics_port is not None
-    result = subprocess.run(
-        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
-         "--store-url", "memory://", "--metrics-port", str(sidecar.metrics_port)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = serve_once(
+        "127.0.0.1:0", "--store-url", "memory://", "--metrics-port", str(sidecar.metrics_port)
+    )
     assert result.returncode == 1
     assert f"metrics_port: cannot serve on 127.0.0.1:{sidecar.metrics_port}" in result.stderr
 
@@ -332,11 +334,9 @@ def test_an_unusable_tls_certificate_is_named_at_startup(tmp_path: Path) -> None
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.write_text("not a certificate\n")
     key.write_text("not a key\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
-         "--store-url", "memory://", "--tls-cert", str(cert), "--tls-key", str(key)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = serve_once(
+        "127.0.0.1:0", "--store-url", "memory://", "--tls-cert", str(cert), "--tls-key", str(key)
+    )
     assert result.returncode == 1
     assert "tls_cert/tls_key: not a usable PEM certificate and private key" in result.stderr
 
@@ -367,11 +367,7 @@ async def test_shutdown_runs_every_hook_after_draining() -> None:
     "url", ["redis://127.0.0.1:1/0", "postgresql://conduit:pw@127.0.0.1:1/conduit"]
 )
 def test_an_unreachable_store_at_startup_exits_1_without_leaking_secrets(url: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
-         "--store-url", url],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = serve_once("127.0.0.1:0", "--store-url", url)
     assert result.returncode == 1
     assert "127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr
     assert ":pw@" not in result.stderr
@@ -388,11 +384,7 @@ def test_an_unreachable_store_at_startup_exits_1_without_leaking_secrets(url: st
 def test_a_malformed_store_url_is_a_setting_error_not_a_traceback(url: str) -> None:
     # The libraries' URL parsers raise a bare ValueError (Redis.from_url when the store is
     # built, asyncpg when its pool connects); it escaped serve as a traceback with exit 1.
-    result = subprocess.run(
-        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
-         "--store-url", url],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = serve_once("127.0.0.1:0", "--store-url", url)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("conduit-sidecar: store_url: "), result.stderr
     assert "Traceback" not in result.stderr and ":pw@" not in result.stderr
@@ -439,11 +431,7 @@ def test_sigterm_with_a_hung_postgresql_still_exits(tmp_path: Path) -> None:
 def test_a_sqlite_store_whose_directory_cannot_be_made_names_store_url(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("", encoding="utf-8")
     url = f"sqlite:///{tmp_path / 'a-file' / 'state' / 'conduit.db'}"
-    result = subprocess.run(
-        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
-         "--store-url", url],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = serve_once("127.0.0.1:0", "--store-url", url)
     assert result.returncode == 1, result.stderr
     # It said only "[Errno 20] Not a directory: '...'", naming no setting.
     assert result.stderr.startswith("conduit-sidecar: store_url: cannot create "), result.stderr
