@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, Protocol
 
 from conduit_sidecar.errors import InvalidArgument, NotFound
 from conduit_sidecar.feedback.adapters import FeedbackAdapter, ThumbsAdapter
@@ -176,28 +176,17 @@ class FeedbackCollector:
             )
         return new
 
-    async def _apply(
-        self,
-        query_id: str,
-        key: str,
-        contribution: Contribution,
-        mark: Mark,
-        events: Sequence[FeedbackEvent],
-        *,
-        create: RoutingDecision | None = None,
-        ttl_s: float | None = None,
-        outcome: _Outcome | None = None,
-    ) -> _Done:
-        """One store operation and then its policy update, inseparably.
+    async def _inseparably(self, work: Coroutine[Any, Any, _Done]) -> _Done:
+        """Runs `work` (a store operation and then its policy update, `_apply`) so that the
+        caller's cancellation cannot split the two.
 
-        A cancelled caller (a gRPC deadline) must not stop between the two: the write may
+        A cancelled caller (a gRPC deadline) must not stop between them: the write may
         commit anyway (a SQLite batch, a Redis script already sent), and its delta would then
         never reach the policy - a retry is a duplicate, and the query's later deltas assume
         the lost one was applied. So the pair runs in a shielded task that finishes on its
         own. The in-memory store's apply never suspends, so nothing can fall between the
         two there and it skips the task.
         """
-        work = self._apply_now(query_id, key, contribution, mark, events, create, ttl_s, outcome)
         if type(self.store) is InMemoryFeedbackStore:
             return await work
         task = asyncio.ensure_future(work)
@@ -210,17 +199,19 @@ class FeedbackCollector:
         if not task.cancelled():
             task.exception()  # mark it read: a cancelled caller no longer awaits it
 
-    async def _apply_now(
+    async def _apply(
         self,
         query_id: str,
         key: str,
         contribution: Contribution,
         mark: Mark,
         events: Sequence[FeedbackEvent],
-        create: RoutingDecision | None,
-        ttl_s: float | None,
-        outcome: _Outcome | None,
+        *,
+        create: RoutingDecision | None = None,
+        ttl_s: float | None = None,
+        outcome: _Outcome | None = None,
     ) -> _Done:
+        """One store operation, then its policy update (run through `_inseparably`)."""
         applied = await self.store.apply(
             query_id, key, contribution, mark, events, create=create, ttl_s=ttl_s
         )
@@ -301,15 +292,17 @@ class FeedbackCollector:
         implicit = contribution.quality_den > 0
         mark = Mark(TRACK_KEY, 0.0 if implicit else 1.0, contribution.weight)
         outcome = None if cost_usd is None and latency_s is None else (cost_usd, latency_s)
-        await self._apply(
-            query_id,
-            TRACK_KEY,
-            contribution,
-            mark,
-            events,
-            create=create,
-            ttl_s=ttl,
-            outcome=outcome,
+        await self._inseparably(
+            self._apply(
+                query_id,
+                TRACK_KEY,
+                contribution,
+                mark,
+                events,
+                create=create,
+                ttl_s=ttl,
+                outcome=outcome,
+            )
         )
 
     # Feedback.
@@ -332,7 +325,9 @@ class FeedbackCollector:
         )
         contribution = Contribution.signals([(mapping.reward, mapping.confidence)])
         mark = Mark(event.signal_type, mapping.reward, mapping.confidence)
-        applied, new = await self._apply(event.query_id, key, contribution, mark, [event])
+        applied, new = await self._inseparably(
+            self._apply(event.query_id, key, contribution, mark, [event])
+        )
         return self._result(event.query_id, applied, new)
 
     async def record_session_feedback(self, feedback: SessionFeedback) -> list[FeedbackResult]:
@@ -367,7 +362,9 @@ class FeedbackCollector:
             contribution = Contribution.signals([(mapping.reward, confidence)])
             mark = Mark(event.signal_type, mapping.reward, confidence)
             try:
-                applied, new = await self._apply(event.query_id, key, contribution, mark, [event])
+                applied, new = await self._inseparably(
+                    self._apply(event.query_id, key, contribution, mark, [event])
+                )
             except NotFound:
                 continue  # expired between the lookup and now: no longer pending
             results.append(self._result(event.query_id, applied, new))
