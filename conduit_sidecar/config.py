@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -99,6 +100,14 @@ class SidecarConfig:
             )
         if scheme == "sqlite" and not self.store_url[len("sqlite:///") :]:
             raise ConfigError("store_url: sqlite:/// needs a path, e.g. sqlite:///./conduit.db")
+        if scheme in ("redis", "rediss"):
+            # redis-py reads a database that is not a number as database 0: a typo would
+            # silently share another deployment's keys.
+            db = urlsplit(self.store_url).path.strip("/")
+            if db and not db.isdigit():
+                raise ConfigError(
+                    f"store_url: the Redis database after the host must be a number, got {db!r}"
+                )
         if self.sqlite_synchronous not in ("FULL", "NORMAL"):
             raise ConfigError(
                 f"sqlite_synchronous: expected FULL or NORMAL, got {self.sqlite_synchronous!r}"

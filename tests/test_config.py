@@ -97,6 +97,8 @@ def test_empty_env_value_unsets_an_optional_setting() -> None:
         ({"CONDUIT_MAX_MESSAGE_BYTES": str(2**31)}, "max_message_bytes: must be at most"),
         # The Router refuses texts past 100,000 characters: a larger limit was silently void.
         ({"CONDUIT_MAX_TEXT_CHARS": "100001"}, "max_text_chars: must be at most 100000"),
+        # redis-py took a database that is not a number as database 0, another deployment's.
+        ({"CONDUIT_STORE_URL": "redis://127.0.0.1:6390/abc"}, "Redis database after the host"),
         ({"CONDUIT_TTL_S": "1e300"}, "ttl_s: must be at most"),
         # A header value is printable ASCII: no client could send this token, and every
         # call was UNAUTHENTICATED (grpc clients refuse it as "Invalid metadata").
