@@ -10,14 +10,15 @@
 library works unchanged against the sidecar.
 
 Retries (with exponential backoff, within each call's timeout) are limited to what is safe:
-- Track, RecordFeedback, RecordSessionFeedback, ListModels, GetStats retry on UNAVAILABLE and
-  DEADLINE_EXCEEDED. Feedback is idempotent: an event without an explicit key is identified by
-  (query_id, signal_type) on the server, so a retry of a call that did land is a duplicate and
-  changes nothing (its result is the first one, flagged `duplicate`). Generating a random key
-  per call would break exactly that, so the client never invents one.
-- Route retries on UNAVAILABLE only (the request did not reach the service); its query_id is
-  fixed by the client before the first attempt, so should an attempt have landed after all,
-  the retry is answered with the decision that attempt logged.
+- Track, RecordFeedback, RecordSessionFeedback, ListModels, GetStats retry on UNAVAILABLE,
+  DEADLINE_EXCEEDED and CANCELLED (a sidecar that was stopping). Feedback is idempotent: an
+  event without an explicit key is identified by (query_id, signal_type) on the server, so a
+  retry of a call that did land is a duplicate and changes nothing (its result is the first
+  one, flagged `duplicate`). Generating a random key per call would break exactly that, so
+  the client never invents one.
+- Route retries on UNAVAILABLE and CANCELLED; its query_id is fixed by the client before the
+  first attempt, so should an attempt have landed after all, the retry is answered with the
+  decision that attempt logged.
 - Update is not idempotent (it applies an observation): it retries on UNAVAILABLE only.
 """
 
@@ -69,7 +70,17 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-SAFE_TO_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# CANCELLED reaches a client as a status only when the server side cancelled the call (a
+# sidecar stopping: calls arriving as it shuts down, or cut off at the end of its grace
+# period); a cancel of the caller's own raises CancelledError instead, and is never retried.
+SAFE_TO_RETRY = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+)
+# Route may run twice safely (its query_id answers the logged decision), but a DEADLINE_EXCEEDED
+# leaves no time for another attempt anyway.
+ROUTE_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 NOT_DELIVERED = (grpc.StatusCode.UNAVAILABLE,)
 MAX_TIMEOUT_S = 1e9  # about 31 years: "no timeout" for any caller, and a deadline grpc keeps
 # The generated stub is untyped; one typed alias keeps mypy strict everywhere else.
@@ -182,7 +193,7 @@ class AsyncConduitClient(_Base):
         self, query: Query, *, include_features: bool = False, ttl_s: float | None = None
     ) -> RoutingDecision:
         request = route_request(query, include_features, ttl_s)
-        return decision_from(await self._call(self._stub.Route, request, NOT_DELIVERED), query)
+        return decision_from(await self._call(self._stub.Route, request, ROUTE_RETRY), query)
 
     async def track(
         self,
@@ -281,7 +292,7 @@ class ConduitClient(_Base):
         self, query: Query, *, include_features: bool = False, ttl_s: float | None = None
     ) -> RoutingDecision:
         request = route_request(query, include_features, ttl_s)
-        return decision_from(self._call(self._stub.Route, request, NOT_DELIVERED), query)
+        return decision_from(self._call(self._stub.Route, request, ROUTE_RETRY), query)
 
     def track(
         self,

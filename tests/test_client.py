@@ -8,11 +8,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from grpc_fixtures import Sidecar, sidecar
 
+from conduit_sidecar._proto import conduit_pb2 as pb
+from conduit_sidecar._proto import conduit_pb2_grpc as pb_grpc
 from conduit_sidecar.client import AsyncConduitClient, ConduitClient
 from conduit_sidecar.errors import InvalidArgument, NoEligibleModel, NotFound, Unavailable
 from conduit_sidecar.feedback import FeedbackEvent, SessionFeedback
@@ -171,3 +176,46 @@ def test_client_arguments_are_checked() -> None:
     for backoff_s in (math.inf, math.nan):
         with pytest.raises(ValueError, match="backoff_s"):
             ConduitClient(backoff_s=backoff_s)
+
+
+class _StoppingSidecar(pb_grpc.ConduitServiceServicer):  # type: ignore[misc]
+    """A real gRPC server on loopback whose first call of each method is cancelled, as a
+    sidecar that is shutting down does to calls arriving at that moment (grpc/grpc#41785): a
+    failure a running sidecar cannot be made to produce on demand."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def _first_is_cancelled(self, method: str, context: Any) -> None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+        if self.calls[method] == 1:
+            context.abort(grpc.StatusCode.CANCELLED, "the sidecar is shutting down")
+
+    def RecordFeedback(self, request: Any, context: Any) -> Any:
+        self._first_is_cancelled("RecordFeedback", context)
+        return pb.RecordFeedbackResponse(
+            query_id=request.query_id, signal_type=request.signal_type, reward=1.0, confidence=1.0
+        )
+
+    def Update(self, request: Any, context: Any) -> Any:
+        self._first_is_cancelled("Update", context)
+        return pb.UpdateResponse(reward=0.5)
+
+
+def test_a_call_the_server_cancelled_is_retried_when_a_retry_is_safe() -> None:
+    servicer = _StoppingSidecar()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_ConduitServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with ConduitClient(f"127.0.0.1:{port}", timeout_s=5.0, backoff_s=0.01) as client:
+            # Feedback is idempotent: it used to fail at once with "CANCELLED".
+            result = client.record(FeedbackEvent("q-1", "thumbs", {"value": "up"}))
+            assert result.reward == 1.0 and servicer.calls["RecordFeedback"] == 2
+            # Update is not: a cancelled attempt may have been applied, so it is not repeated.
+            with pytest.raises(Unavailable, match="CANCELLED"):
+                client.update("m", cost=0.0, quality_score=1.0, latency=0.1, features=[0.0] * 64)
+            assert servicer.calls["Update"] == 1
+    finally:
+        server.stop(None)
