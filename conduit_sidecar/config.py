@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import logging
 import math
 import os
 import re
@@ -19,6 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+
+_log = logging.getLogger(__name__)
 
 STORE_SCHEMES = ("memory", "sqlite", "redis", "rediss", "postgresql", "postgres")
 POLICIES = ("linucb", "lin_ts", "beta_ts", "ucb1", "epsilon_greedy", "random", "fixed")
@@ -263,6 +267,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=None, help=f"env: {env_name(name)}")
 
 
+# The variables Kubernetes sets for a Service (here one whose name starts with "conduit").
+_SERVICE_LINK = re.compile(r"CONDUIT\w*_(SERVICE_HOST|SERVICE_PORT\w*|PORT|PORT_\d+_\w+)")
+
+
+def _warn_misspelt(env: Mapping[str, str]) -> None:
+    """Warns about a CONDUIT_* variable that is no setting but nearly spells one: a typo in a
+    manifest is otherwise silently ignored. Only near misses: other CONDUIT_* names are
+    common (Kubernetes adds CONDUIT_SERVICE_HOST, CONDUIT_PORT... for a Service named
+    conduit)."""
+    known = [env_name(name) for name in _FIELDS] + ["CONDUIT_CONFIG"]
+    for variable in env:
+        if (
+            variable.startswith("CONDUIT_")
+            and variable not in known
+            and not _SERVICE_LINK.fullmatch(variable)
+        ):
+            close = difflib.get_close_matches(variable, known, n=1, cutoff=0.85)
+            if close:
+                _log.warning(
+                    "%s is not a setting and is ignored; did you mean %s?", variable, close[0]
+                )
+
+
 def load_config(
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
@@ -279,6 +306,7 @@ def load_config(
     for name in _FIELDS:
         if env_name(name) in env:
             values[name] = _coerce(name, env[env_name(name)], env_name(name))
+    _warn_misspelt(env)
     for name in _FIELDS:
         if flags.get(name) is not None:
             values[name] = _coerce(name, flags[name], "--" + name.replace("_", "-"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,21 @@ async def _drop_namespaces(scheme: str, spaces: list[str]) -> None:
                 await conn.execute(f"DROP SCHEMA IF EXISTS {ns} CASCADE")
         finally:
             await conn.close()
+
+
+def test_a_misspelt_variable_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    # A typo in a manifest (CONDUIT_STORE_ULR) was ignored without a word; the variables
+    # Kubernetes sets for a Service named conduit are not settings and stay quiet.
+    env = {
+        "CONDUIT_STORE_ULR": "redis://127.0.0.1:6390/0",
+        "CONDUIT_SERVICE_HOST": "10.0.0.7",
+        "CONDUIT_SERVICE_PORT": "50051",
+        "CONDUIT_PORT_50051_TCP": "tcp://10.0.0.7:50051",
+    }
+    with caplog.at_level(logging.WARNING, logger="conduit_sidecar.config"):
+        config = load_config(env=env)
+    assert config.store_url == SidecarConfig().store_url
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "CONDUIT_STORE_ULR is not a setting and is ignored; did you mean CONDUIT_STORE_URL?"
+    ]
