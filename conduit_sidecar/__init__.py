@@ -20,14 +20,15 @@ from conduit_sidecar.errors import (
 
 if TYPE_CHECKING:
     from conduit_sidecar.bandit import PolicyConfig
+    from conduit_sidecar.model_stats import ModelStats
     from conduit_sidecar.models import ModelSpec, default_catalogue, load_catalogue
     from conduit_sidecar.query import Constraints, Query, RoutingDecision
     from conduit_sidecar.reward import PRESETS, RewardWeights, compose_reward
-    from conduit_sidecar.router import ModelStats, Router
+    from conduit_sidecar.router import Router
 
 _LAZY = {
     "Router": "conduit_sidecar.router",
-    "ModelStats": "conduit_sidecar.router",
+    "ModelStats": "conduit_sidecar.model_stats",
     "Query": "conduit_sidecar.query",
     "Constraints": "conduit_sidecar.query",
     "RoutingDecision": "conduit_sidecar.query",

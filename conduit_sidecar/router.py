@@ -12,7 +12,6 @@ import math
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast, get_args
 
 import numpy as np
@@ -21,6 +20,7 @@ from numpy.typing import NDArray
 from conduit_sidecar.bandit import BanditPolicy, CoreError, FeatureHasher, PolicyConfig, PolicyKind
 from conduit_sidecar.confidence import best_other, choice_confidence
 from conduit_sidecar.errors import InvalidArgument
+from conduit_sidecar.model_stats import ModelStats, Tally, model_stats
 from conduit_sidecar.models import (
     ModelSpec,
     default_catalogue,
@@ -53,31 +53,6 @@ _REASONING_ALONE = "%s: %s (score %.3g, the only eligible model, uncertainty %.3
 @functools.lru_cache(maxsize=256)
 def _eligible_counts(candidates: int, models: int) -> str:
     return f"{candidates} of {models} models eligible"
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    """Per-model totals. Reward sums come from the policy's own (confidence-weighted)
-    statistics, so `mean_reward = reward_sum / weight_sum` (clamped to [0, 1]) matches what
-    the policy learned."""
-
-    selections: int
-    outcomes: int
-    weight_sum: float
-    mean_reward: float
-    cost_usd_sum: float
-    latency_s_sum: float
-    updates: int
-
-
-class _Tally:
-    __slots__ = ("cost_usd_sum", "latency_s_sum", "outcomes", "selections")
-
-    def __init__(self) -> None:
-        self.selections = 0
-        self.outcomes = 0
-        self.cost_usd_sum = 0.0
-        self.latency_s_sum = 0.0
 
 
 class Router:
@@ -123,7 +98,7 @@ class Router:
         except CoreError as exc:
             raise InvalidArgument("policy", str(exc)) from None
         self._kind = config.kind
-        self._tally = {model_id: _Tally() for model_id in self._specs}
+        self._tally = {model_id: Tally() for model_id in self._specs}
         # When each model added at run time joined (time.time()): its arm starts empty, so
         # feedback for a query routed before then belongs to an earlier arm of that id.
         self._added_at: dict[str, float] = {}
@@ -182,7 +157,7 @@ class Router:
         except CoreError as exc:
             raise InvalidArgument("model_id", str(exc)) from None
         self._specs[resolved.id] = resolved
-        self._tally[resolved.id] = _Tally()
+        self._tally[resolved.id] = Tally()
         self._added_at[resolved.id] = time.time()
 
     def remove_model(self, model_id: str) -> None:
@@ -404,31 +379,7 @@ class Router:
             tally.latency_s_sum += latency_s
 
     def stats(self) -> dict[str, ModelStats]:
-        arm_stats = self.policy.arm_stats()
-        result: dict[str, ModelStats] = {}
-        for model_id, tally in self._tally.items():
-            arm = arm_stats.get(model_id)
-            weight_sum = arm.weight_sum if arm is not None else 0.0
-            reward_sum = arm.reward_sum if arm is not None else 0.0
-            result[model_id] = ModelStats(
-                selections=tally.selections,
-                outcomes=tally.outcomes,
-                weight_sum=weight_sum,
-                mean_reward=_mean_reward(reward_sum, weight_sum),
-                cost_usd_sum=tally.cost_usd_sum,
-                latency_s_sum=tally.latency_s_sum,
-                updates=arm.updates if arm is not None else 0,
-            )
-        return result
-
-
-def _mean_reward(reward_sum: float, weight_sum: float) -> float:
-    """`reward_sum / weight_sum` in [0, 1] (0 before any weight). With discount < 1 a
-    re-applied observation moves the sums by its undecayed net delta, so the raw ratio can
-    leave [0, 1] (the sums themselves must stay exact for later deltas to telescope)."""
-    if weight_sum <= 0.0:
-        return 0.0
-    return min(1.0, max(0.0, reward_sum / weight_sum))
+        return model_stats(self._tally, self.policy.arm_stats())
 
 
 def _pair(value: tuple[float, float], field: str) -> tuple[float, float]:
