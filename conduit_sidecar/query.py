@@ -49,11 +49,27 @@ def check_query(query: Query) -> dict[str, Any]:
     return metadata
 
 
+# Ids become store keys. PostgreSQL text cannot hold a NUL and its B-tree refuses index rows
+# past ~2.7 KB (a mark's key holds a session id and an idempotency key, next to the query
+# id): such ids came back UNAVAILABLE there, or left the decision unlogged, while the other
+# stores took them. One limit for every backend.
+MAX_KEY_BYTES = 512
+
+
 def check_id(field_name: str, value: object) -> str:
-    """A non-empty string id (surrounding whitespace is not part of an id)."""
+    """A non-empty string id (surrounding whitespace is not part of an id) that every store
+    can key by: valid Unicode, no NUL, at most MAX_KEY_BYTES in UTF-8."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidArgument(field_name, f"must be a non-empty string, got {value!r}")
+    if "\x00" in value:
+        raise InvalidArgument(field_name, "must not contain NUL characters")
     check_unicode(field_name, value)
+    if len(value) > MAX_KEY_BYTES // 4:  # only then can it exceed the limit in UTF-8
+        size = len(value.encode())
+        if size > MAX_KEY_BYTES:
+            raise InvalidArgument(
+                field_name, f"too long: {size} bytes in UTF-8, limit {MAX_KEY_BYTES}"
+            )
     return value
 
 

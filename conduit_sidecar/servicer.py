@@ -3,8 +3,8 @@
 Every method is wrapped by `status.grpc_method`, the one place where domain errors become
 status codes. The only checks made here are the ones the domain cannot make because they are
 about the transport: the text length limit, proto3 presence (an unset `optional` field is
-None, never a silent 0), and one contract for the client-chosen ids the stores key by and for
-ttl_s, whichever backend serves (see `_key` and `_ttl`).
+None, never a silent 0), and ttl_s's upper bound (`_ttl`). The ids the stores key by are
+checked by the domain (`query.check_id`), for the Python API as well.
 """
 
 from __future__ import annotations
@@ -51,24 +51,6 @@ def _ttl(message: Any) -> float | None:
         # Redis cannot expire a key that late: the decision would go unlogged.
         raise InvalidArgument("ttl_s", f"must be at most {MAX_TTL_S:.0f} (ten years), got {ttl!r}")
     return ttl  # type: ignore[no-any-return]
-
-
-# query_id, session_id and idempotency_key become store keys. PostgreSQL text cannot hold a
-# NUL and its B-tree refuses index rows past ~2.7 KB (a mark's key holds a session id and an
-# idempotency key, next to the query id): such ids came back UNAVAILABLE there, or left the
-# decision unlogged, while the other stores took them. One limit for every backend.
-MAX_KEY_BYTES = 512
-
-
-def _key(value: str, field: str) -> str:
-    """`value` if it can key every store; InvalidArgument naming `field` otherwise."""
-    if "\x00" in value:
-        raise InvalidArgument(field, "must not contain NUL characters")
-    if len(value) > MAX_KEY_BYTES // 4:  # only then can it exceed the limit in UTF-8
-        size = len(value.encode())
-        if size > MAX_KEY_BYTES:
-            raise InvalidArgument(field, f"too long: {size} bytes in UTF-8, limit {MAX_KEY_BYTES}")
-    return value
 
 
 def _payload(message: Any) -> dict[str, Any]:
@@ -170,7 +152,7 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
             ttl_s = _ttl(request)
             query = Query(
                 text=text,
-                session_id=_key(request.session_id, "session_id") or None,
+                session_id=request.session_id or None,
                 user_id=request.user_id or None,
                 # Converting an empty repeated or map field still costs a microsecond or so.
                 metadata=dict(request.metadata) if request.metadata else {},
@@ -180,7 +162,7 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
                     _weights(request.reward_weights) if request.HasField("reward_weights") else None
                 ),
                 constraints=constraints,
-                query_id=_key(request.query_id, "query_id") or None,
+                query_id=request.query_id or None,
             )
             include_features = request.include_features
             chosen_id = bool(request.query_id)
@@ -227,10 +209,7 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
 
     @grpc_method
     async def Track(self, request: _pb.TrackRequest, context: Any) -> _pb.TrackResponse:
-        query_id = _key(request.query_id, "query_id")
-        if not query_id.strip():
-            # The collector would name its parameter ("decision"), not this request's field.
-            raise InvalidArgument("query_id", f"must be a non-empty string, got {query_id!r}")
+        query_id = request.query_id
         await self.collector.track(
             query_id,
             cost=_optional(request, "cost_usd"),
@@ -246,10 +225,10 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
         self, request: _pb.RecordFeedbackRequest, context: Any
     ) -> _pb.RecordFeedbackResponse:
         event = FeedbackEvent(
-            query_id=_key(request.query_id, "query_id"),
+            query_id=request.query_id,
             signal_type=request.signal_type,
             payload=_payload(request),
-            idempotency_key=_key(request.idempotency_key, "idempotency_key") or None,
+            idempotency_key=request.idempotency_key or None,
         )
         result = await self.collector.record(event)
         if self._on_feedback is not None:
@@ -261,10 +240,10 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
         self, request: _pb.RecordSessionFeedbackRequest, context: Any
     ) -> _pb.RecordSessionFeedbackResponse:
         session = SessionFeedback(
-            session_id=_key(request.session_id, "session_id"),
+            session_id=request.session_id,
             signal_type=request.signal_type,
             payload=_payload(request),
-            idempotency_key=_key(request.idempotency_key, "idempotency_key") or None,
+            idempotency_key=request.idempotency_key or None,
         )
         weight = _optional(request, "propagation_weight")
         if weight is not None:

@@ -13,7 +13,7 @@ import pytest
 
 from conduit_sidecar.errors import InvalidArgument, NoEligibleModel
 from conduit_sidecar.models import EXPECTED_OUTPUT_TOKENS, ModelSpec
-from conduit_sidecar.query import Constraints, Query, RoutingDecision, new_query_id
+from conduit_sidecar.query import Constraints, Query, RoutingDecision, check_id, new_query_id
 from conduit_sidecar.reward import RewardWeights
 
 SPECS = {
@@ -172,3 +172,18 @@ def test_decision_from_bad_dict_names_the_problem() -> None:
     with pytest.raises(InvalidArgument) as info:
         RoutingDecision.from_dict(data)
     assert info.value.field == "decision"
+
+
+def test_ids_every_store_can_key_by() -> None:
+    # Checked in the domain, so the Python API on PostgreSQL (no NUL in text, B-tree row
+    # limit) refuses these as the gRPC edge does, instead of answering Unavailable.
+    assert check_id("query_id", "é" * 256) == "é" * 256  # 512 bytes in UTF-8: the limit
+    for bad, message in (
+        ("a\x00b", "NUL"),
+        ("é" * 257, "too long: 514 bytes"),
+        ("x" * 513, "too long: 513 bytes"),
+        (" ", "non-empty"),
+    ):
+        with pytest.raises(InvalidArgument, match=message) as info:
+            check_id("session_id", bad)
+        assert info.value.field == "session_id"

@@ -35,7 +35,7 @@ from conduit_sidecar.feedback.observation import (
 )
 from conduit_sidecar.feedback.stores.base import Applied, FeedbackStore, Mark, check_ttl
 from conduit_sidecar.feedback.stores.memory import InMemoryFeedbackStore
-from conduit_sidecar.query import RoutingDecision
+from conduit_sidecar.query import RoutingDecision, check_id
 from conduit_sidecar.reward import check_non_negative
 
 logger = logging.getLogger(__name__)
@@ -269,8 +269,8 @@ class FeedbackCollector:
         """
         if isinstance(decision, RoutingDecision):
             query_id, create = decision.query_id, decision
-        elif isinstance(decision, str) and decision.strip():
-            query_id, create = decision, None
+        elif isinstance(decision, str):
+            query_id, create = check_id("query_id", decision), None
         else:
             raise InvalidArgument(
                 "decision", f"must be a RoutingDecision or a query_id, got {decision!r}"
