@@ -184,16 +184,12 @@ class SidecarApp:
         may commit. Publishing the last delta before that task has updated the policy lost
         the signal's learning while the store kept it marked (a retry is a duplicate).
         """
-        # The collector's own bookkeeping of those tasks, only read here.
-        pending = list(self.collector._in_flight)
-        if not pending:
-            return
-        _, late = await asyncio.wait(pending, timeout=SETTLE_TIMEOUT_S)
+        late = await self.collector.settle(SETTLE_TIMEOUT_S)
         if late:
             log.error(
                 "%d feedback write(s) still waiting on the store after %.0fs; their learning "
                 "may be lost",
-                len(late),
+                late,
                 SETTLE_TIMEOUT_S,
             )
 

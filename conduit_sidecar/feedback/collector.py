@@ -194,6 +194,15 @@ class FeedbackCollector:
         task.add_done_callback(self._settled)
         return await asyncio.shield(task)
 
+    async def settle(self, timeout_s: float) -> int:
+        """Waits up to `timeout_s` for store writes whose caller was cancelled (they go on in
+        `_inseparably`) to reach the policy; returns how many are still running. Called
+        before the last policy delta is published at shutdown."""
+        if not self._in_flight:
+            return 0
+        _, late = await asyncio.wait(list(self._in_flight), timeout=timeout_s)
+        return len(late)
+
     def _settled(self, task: asyncio.Task[_Done]) -> None:
         self._in_flight.discard(task)
         if not task.cancelled():
