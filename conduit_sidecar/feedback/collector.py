@@ -65,10 +65,7 @@ class ObservationSink(Protocol):
 
 
 def _check_ttl_arg(ttl_seconds: object) -> float:
-    try:
-        return check_ttl(ttl_seconds)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument("ttl_seconds", str(exc)) from None
+    return check_ttl(ttl_seconds, "ttl_seconds")  # type: ignore[arg-type]
 
 
 class FeedbackCollector:

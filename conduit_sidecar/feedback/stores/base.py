@@ -32,6 +32,8 @@ from conduit_sidecar.reward import RewardWeights
 
 DEFAULT_TTL_SECONDS = 3600.0
 DEFAULT_HISTORY_LIMIT = 10_000
+# The longest TTL a store accepts (ten years): beyond it Redis cannot expire the key.
+MAX_TTL_SECONDS = 10 * 365 * 86400.0
 
 
 @fast_frozen
@@ -77,13 +79,23 @@ def not_found(query_id: str) -> NotFound:
     )
 
 
-def check_ttl(ttl_s: float) -> float:
-    if type(ttl_s) is float and 0.0 < ttl_s < math.inf:  # every call on the hot paths
+def check_ttl(ttl_s: float, field: str = "ttl_seconds") -> float:
+    """`ttl_s` as a float in (0, MAX_TTL_SECONDS]; InvalidArgument naming `field` otherwise.
+
+    Every store checks its TTLs here, so Python API callers get the same bound as the gRPC
+    edge: Redis refuses (or silently mangles) an expiry that far out and PostgreSQL's
+    expiry arithmetic overflows, and the decision would then go unlogged.
+    """
+    if type(ttl_s) is float and 0.0 < ttl_s <= MAX_TTL_SECONDS:  # every call on the hot paths
         return ttl_s
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float):
-        raise TypeError(f"ttl_seconds must be a number, got {ttl_s!r}")
+        raise InvalidArgument(field, f"must be a number of seconds, got {ttl_s!r}")
     if not math.isfinite(ttl_s) or ttl_s <= 0:
-        raise ValueError(f"ttl_seconds must be finite and > 0, got {ttl_s!r}")
+        raise InvalidArgument(field, f"must be finite and > 0, got {ttl_s!r}")
+    if ttl_s > MAX_TTL_SECONDS:
+        raise InvalidArgument(
+            field, f"must be at most {MAX_TTL_SECONDS:.0f} (ten years), got {ttl_s!r}"
+        )
     return float(ttl_s)
 
 

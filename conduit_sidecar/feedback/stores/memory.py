@@ -7,7 +7,6 @@ coroutines and threads. The size bound evicts the oldest-created pending query f
 from __future__ import annotations
 
 import heapq
-import math
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -18,6 +17,7 @@ from conduit_sidecar.feedback.observation import Accumulators, Contribution, acc
 from conduit_sidecar.feedback.stores.base import (
     DEFAULT_HISTORY_LIMIT,
     DEFAULT_TTL_SECONDS,
+    MAX_TTL_SECONDS,
     Applied,
     FeedbackStore,
     Mark,
@@ -140,8 +140,8 @@ class InMemoryFeedbackStore(FeedbackStore):
     # much, and log_decision runs on every Route.
 
     async def log_decision(self, decision: RoutingDecision, ttl_s: float) -> bool:
-        if type(ttl_s) is not float or not 0.0 < ttl_s < math.inf:  # as check_ttl, inlined
-            ttl_s = check_ttl(ttl_s)
+        if type(ttl_s) is not float or not 0.0 < ttl_s <= MAX_TTL_SECONDS:  # check_ttl's test
+            ttl_s = check_ttl(ttl_s, "ttl_s")
         lock = self._lock
         lock.acquire()
         try:
@@ -167,8 +167,8 @@ class InMemoryFeedbackStore(FeedbackStore):
         create: RoutingDecision | None = None,
         ttl_s: float | None = None,
     ) -> Applied:
-        if ttl_s is not None and (type(ttl_s) is not float or not 0.0 < ttl_s < math.inf):
-            ttl_s = check_ttl(ttl_s)  # the fast test above is check_ttl's own
+        if ttl_s is not None and (type(ttl_s) is not float or not 0.0 < ttl_s <= MAX_TTL_SECONDS):
+            ttl_s = check_ttl(ttl_s, "ttl_s")  # the fast test above is check_ttl's own
         lock = self._lock
         lock.acquire()
         try:

@@ -261,7 +261,7 @@ class PostgresFeedbackStore(FeedbackStore):
         return True
 
     async def log_decision(self, decision: RoutingDecision, ttl_s: float) -> bool:
-        ttl_s = check_ttl(ttl_s)
+        ttl_s = check_ttl(ttl_s, "ttl_s")
         pool = await self._pool_ready()
 
         async def body(conn: Any) -> bool:
@@ -281,7 +281,7 @@ class PostgresFeedbackStore(FeedbackStore):
         ttl_s: float | None = None,
     ) -> Applied:
         if ttl_s is not None:
-            ttl_s = check_ttl(ttl_s)
+            ttl_s = check_ttl(ttl_s, "ttl_s")
         pool = await self._pool_ready()
         s = self.schema
         # Sorted so concurrent transactions lock counter rows in one order (no deadlock).

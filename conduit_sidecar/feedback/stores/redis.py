@@ -218,7 +218,7 @@ class RedisFeedbackStore(FeedbackStore):
         await self._call("close", self.redis.aclose())
 
     async def log_decision(self, decision: RoutingDecision, ttl_s: float) -> bool:
-        ttl_ms = max(1, round(check_ttl(ttl_s) * 1000))
+        ttl_ms = max(1, round(check_ttl(ttl_s, "ttl_s") * 1000))
         qid = decision.query_id
         keys = [
             self._key("q:", qid),
@@ -241,7 +241,7 @@ class RedisFeedbackStore(FeedbackStore):
         create: RoutingDecision | None = None,
         ttl_s: float | None = None,
     ) -> Applied:
-        ttl_ms = "" if ttl_s is None else str(max(1, round(check_ttl(ttl_s) * 1000)))
+        ttl_ms = "" if ttl_s is None else str(max(1, round(check_ttl(ttl_s, "ttl_s") * 1000)))
         if not ttl_ms and create is not None:
             ttl_ms = str(max(1, round(self.ttl_seconds * 1000)))
         session_id = create.session_id if create is not None else None

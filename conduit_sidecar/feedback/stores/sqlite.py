@@ -223,7 +223,7 @@ class SqliteFeedbackStore(FeedbackStore):
     async def log_decision(self, decision: RoutingDecision, ttl_s: float) -> bool:
         """In "buffered" mode, True once queued: whether a live entry already existed (it is
         then left as is) is settled when the group is written."""
-        ttl_s = check_ttl(ttl_s)
+        ttl_s = check_ttl(ttl_s, "ttl_s")
         # Serialised here, not on the worker: a decision that cannot be stored fails its own
         # caller, and a later change to the object cannot alter what is written.
         text = decision_to_json(decision)
@@ -269,7 +269,7 @@ class SqliteFeedbackStore(FeedbackStore):
         ttl_s: float | None = None,
     ) -> Applied:
         if ttl_s is not None:
-            ttl_s = check_ttl(ttl_s)
+            ttl_s = check_ttl(ttl_s, "ttl_s")
         log_rows = [(event_to_json(e),) for e in events]
         create_text = None if create is None else decision_to_json(create)
 
