@@ -109,6 +109,37 @@ def add_conduit_service(servicer: ConduitServicer, server: Any) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
+class DrainingHealthServicer(_health.aio.HealthServicer):  # type: ignore[misc]
+    """grpc's health service whose Watch streams end once the server drains.
+
+    A Watch never ends on its own, and `server.stop(grace_s)` waits for every call: one
+    health watcher (Envoy, a gRPC client with health checking) held every shutdown for the
+    whole grace period, then had its stream cancelled. `end_watches()` (called by shutdown
+    after the watchers were sent NOT_SERVING) completes them with OK instead, so the drain
+    waits only for real work; a watcher that reconnects finds the port closed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._draining = asyncio.Event()
+
+    async def Watch(self, request: Any, context: Any) -> None:
+        watching = asyncio.ensure_future(super().Watch(request, context))
+        draining = asyncio.ensure_future(self._draining.wait())
+        try:
+            await asyncio.wait({watching, draining}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Cancelling grpc's Watch runs its own clean-up (the per-service watcher count).
+            watching.cancel()
+            draining.cancel()
+            await asyncio.wait({watching, draining})
+        if not watching.cancelled() and watching.exception() is not None:
+            raise watching.exception()
+
+    def end_watches(self) -> None:
+        self._draining.set()
+
+
 def _check_tls_pair(cert_path: str, key_path: str) -> None:
     """OSError naming the settings unless the files are a PEM certificate and its key: grpc
     only reports that it could not bind, which blamed `listen` for a bad certificate."""
@@ -132,7 +163,7 @@ class SidecarServer:
         self.shutdown_delay_s = shutdown_delay_s
         self.on_shutdown: list[ShutdownHook] = []
         self.metrics = SidecarMetrics()
-        self.health = _health.aio.HealthServicer()
+        self.health = DrainingHealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: Any = None
@@ -241,6 +272,7 @@ class SidecarServer:
         log.info("shutting down: health NOT_SERVING, draining for up to %.1fs", self.config.grace_s)
         await self.health.enter_graceful_shutdown()
         await asyncio.sleep(self.shutdown_delay_s)
+        self.health.end_watches()
         if self._server is not None:
             await self._server.stop(self.config.grace_s)
         if self._refresh_task is not None:

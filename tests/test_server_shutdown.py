@@ -1,0 +1,52 @@
+"""SIGTERM against a real sidecar process with clients attached: what a client that stays
+connected (a health watcher) does to the drain."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+from grpc_fixtures import Sidecar
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conduit_sidecar._proto import conduit_pb2 as pb
+from conduit_sidecar.server import SERVICE_NAME
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_a_health_watcher_does_not_hold_the_shutdown_for_the_whole_grace(tmp_path: Path) -> None:
+    # A Watch stream never ends by itself and server.stop(grace_s) waits for every call: one
+    # watcher (Envoy, a gRPC client with health checking) kept every SIGTERM waiting the full
+    # grace period (here 20 s) and then had its stream cancelled.
+    server = Sidecar(
+        ["--store-url", f"sqlite:///{tmp_path / 'conduit.db'}", "--grace-s", "20"],
+        tmp_path / "log",
+    )
+    try:
+        with server.channel() as channel:
+            stub = server.stub(channel)
+            query_id = stub.Route(pb.RouteRequest(text="before the SIGTERM")).query_id
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=60
+            )
+            assert next(watch).status == SERVING
+            started = time.monotonic()
+            server.proc.terminate()  # SIGTERM
+            assert next(watch).status == NOT_SERVING  # the watcher sees it leaving first
+            # Then its stream ends cleanly (OK, not CANCELLED at the end of the grace).
+            assert list(watch) == []
+            assert watch.code() == grpc.StatusCode.OK
+            assert server.proc.wait(timeout=15) == 0
+            assert time.monotonic() - started < 10.0  # not the 20 s grace period
+    finally:
+        server.stop()
+    second = Sidecar(["--store-url", f"sqlite:///{tmp_path / 'conduit.db'}"], tmp_path / "log2")
+    try:
+        with second.channel() as channel:  # the shutdown persisted what it had
+            track = pb.TrackRequest(query_id=query_id, cost_usd=0.001, latency_s=0.1)
+            assert second.stub(channel).Track(track).query_id == query_id
+    finally:
+        assert second.terminate() == 0
