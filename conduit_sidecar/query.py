@@ -28,11 +28,18 @@ def check_query(query: Query) -> dict[str, Any]:
     """Refuses, naming the field, a query the Router cannot route or the durable stores could
     not keep, before anything changes; returns the metadata to log. Whether UTF-8 can encode
     the text is left to the caller (free on the native featurising path)."""
+    if not isinstance(query, Query):
+        raise InvalidArgument("query", f"must be a Query, got {type(query).__name__}")
     text = query.text
     if not isinstance(text, str) or not text or text.isspace():
         raise InvalidArgument("text", "must be a non-empty string")
     if len(text) > MAX_TEXT_CHARS:
         raise InvalidArgument("text", f"{len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    constraints = query.constraints
+    if constraints is not None and not isinstance(constraints, Constraints):
+        raise InvalidArgument(
+            "constraints", f"must be a Constraints, got {type(constraints).__name__}"
+        )
     metadata = query.metadata
     if metadata or type(metadata) is not dict:  # the usual {} needs no check
         metadata = check_json_object("metadata", metadata)

@@ -143,7 +143,10 @@ class Router:
         return list(self._specs.values())
 
     def model(self, model_id: str) -> ModelSpec:
-        spec = self._specs.get(model_id)
+        try:
+            spec = self._specs.get(model_id)
+        except TypeError:  # an unhashable id (a list, a dict): unknown, not a crash
+            spec = None
         if spec is None:
             raise InvalidArgument("model_id", f"unknown model {model_id!r}")
         return spec
@@ -179,8 +182,8 @@ class Router:
 
     def decide(self, query: Query) -> RoutingDecision:
         """Synchronous body of `route` (for simulations and non-async callers)."""
+        metadata = check_query(query)  # first: it also refuses a `query` that is no Query
         text = query.text
-        metadata = check_query(query)
         weights = self._weights(query)
         note = ""
         allowed: list[str] | None = None
@@ -247,9 +250,10 @@ class Router:
                 raise InvalidArgument("reward_weights", f"expected RewardWeights, got {weights!r}")
             return weights
         preference = query.preference
-        if not preference:  # None, or "" from a proto3 string left unset
+        if preference is None or preference == "":  # "": a proto3 string left unset
             return self.reward_weights
-        preset = PRESETS.get(preference)
+        # Only a str can name a preset (an unhashable value would fail the lookup itself).
+        preset = PRESETS.get(preference) if isinstance(preference, str) else None
         if preset is None:
             raise InvalidArgument(
                 "preference", f"unknown preset {preference!r}; expected one of {sorted(PRESETS)}"

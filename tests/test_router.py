@@ -138,6 +138,10 @@ async def test_preference_and_explicit_weights_are_fixed_on_the_decision() -> No
         (Query(text="q", features=[None] * 64), "features"),  # type: ignore[list-item]
         (Query(text="q", preference="cheapest"), "preference"),
         (Query(text="q", reward_weights=(1, 0, 0)), "reward_weights"),  # type: ignore[arg-type]
+        # Wrong types that crashed inside the router (TypeError: unhashable; AttributeError).
+        (Query(text="q", preference=["cost"]), "preference"),  # type: ignore[arg-type]
+        (Query(text="q", preference=[]), "preference"),  # type: ignore[arg-type]
+        (Query(text="q", constraints={"max_cost_usd": 1.0}), "constraints"),  # type: ignore[arg-type]
         (
             Query(text="q", constraints=Constraints(allowed_models=["x"])),
             "constraints.allowed_models",
@@ -183,6 +187,15 @@ async def test_bad_queries_name_the_field(query: Query, field: str) -> None:
         await router.route(query)
     assert info.value.field == field
     assert router.policy.version == version
+    assert all(s.selections == 0 for s in router.stats().values())
+
+
+@pytest.mark.parametrize("query", ["What is Python?", {"text": "What is Python?"}, None])
+async def test_route_refuses_what_is_not_a_query(query: object) -> None:
+    router = three()
+    with pytest.raises(InvalidArgument) as info:  # was AttributeError: no attribute 'text'
+        await router.route(query)  # type: ignore[arg-type]
+    assert info.value.field == "query"
     assert all(s.selections == 0 for s in router.stats().values())
 
 
@@ -338,6 +351,7 @@ async def test_update_applies_the_composed_reward() -> None:
     ("kwargs", "field"),
     [
         ({"model_id": "nope"}, "model_id"),
+        ({"model_id": ["mid"]}, "model_id"),  # was TypeError: unhashable type
         ({"cost": -0.01}, "cost"),
         ({"cost": math.nan}, "cost"),
         ({"latency": -1.0}, "latency"),
