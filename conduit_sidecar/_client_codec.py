@@ -14,7 +14,7 @@ from .errors import InvalidArgument
 from .feedback.events import FeedbackEvent, FeedbackResult, SessionFeedback, check_payload
 from .models import ModelSpec
 from .query import Query, RoutingDecision
-from .reward import RewardWeights
+from .reward import RewardWeights, resolve_weights
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,16 @@ def _set(message: Any, **values: Any) -> None:
             raise InvalidArgument(name, f"cannot be sent: {exc}") from None
 
 
+def _expect(value: object, kind: type, field: str, what: str) -> None:
+    """The library's refusal of an argument of the wrong type (InvalidArgument naming it),
+    where reading its attributes raised AttributeError."""
+    if not isinstance(value, kind):
+        shown = type(value).__name__ if field == "query" else repr(value)
+        raise InvalidArgument(field, f"must be {what}, got {shown}")
+
+
 def route_request(query: Query, include_features: bool, ttl_s: float | None) -> _pb.RouteRequest:
+    _expect(query, Query, "query", "a Query")
     request = _pb.RouteRequest()
     _set(
         request,
@@ -125,6 +134,8 @@ def track_request(
     retries: int,
     ttl_seconds: float | None,
 ) -> _pb.TrackRequest:
+    if not isinstance(decision, str):
+        _expect(decision, RoutingDecision, "decision", "a RoutingDecision or a query_id")
     query_id = decision if isinstance(decision, str) else decision.query_id
     request = _pb.TrackRequest()
     _set(request, query_id=query_id, error=error, retries=retries)
@@ -138,6 +149,7 @@ def track_request(
 
 
 def feedback_request(event: FeedbackEvent) -> _pb.RecordFeedbackRequest:
+    _expect(event, FeedbackEvent, "event", "a FeedbackEvent")
     request = _pb.RecordFeedbackRequest(payload=_struct(event.payload))
     _set(
         request,
@@ -148,14 +160,15 @@ def feedback_request(event: FeedbackEvent) -> _pb.RecordFeedbackRequest:
     return request
 
 
-def session_request(sf: SessionFeedback) -> _pb.RecordSessionFeedbackRequest:
-    request = _pb.RecordSessionFeedbackRequest(payload=_struct(sf.payload))
+def session_request(feedback: SessionFeedback) -> _pb.RecordSessionFeedbackRequest:
+    _expect(feedback, SessionFeedback, "feedback", "a SessionFeedback")
+    request = _pb.RecordSessionFeedbackRequest(payload=_struct(feedback.payload))
     _set(
         request,
-        session_id=sf.session_id,
-        signal_type=sf.signal_type,
-        propagation_weight=sf.propagation_weight,
-        idempotency_key=sf.idempotency_key or "",
+        session_id=feedback.session_id,
+        signal_type=feedback.signal_type,
+        propagation_weight=feedback.propagation_weight,
+        idempotency_key=feedback.idempotency_key or "",
     )
     return request
 
@@ -171,7 +184,7 @@ def update_request(
     latency: float,
     features: Sequence[float],
     confidence: float,
-    reward_weights: RewardWeights | None,
+    reward_weights: RewardWeights | str | None,
 ) -> _pb.UpdateRequest:
     request = _pb.UpdateRequest()
     _set(
@@ -184,7 +197,8 @@ def update_request(
         confidence=confidence,
     )
     if reward_weights is not None:
-        w = reward_weights
+        # A preset name is resolved here, as the library does: the message carries weights.
+        w = resolve_weights(reward_weights, "reward_weights")
         _set(request.reward_weights, quality=w.quality, cost=w.cost, latency=w.latency)
     return request
 

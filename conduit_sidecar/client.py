@@ -214,9 +214,9 @@ class AsyncConduitClient(_Base):
         )
         return result_from(response)
 
-    async def record_session_feedback(self, sf: SessionFeedback) -> list[FeedbackResult]:
+    async def record_session_feedback(self, feedback: SessionFeedback) -> list[FeedbackResult]:
         response = await self._call(
-            self._stub.RecordSessionFeedback, session_request(sf), SAFE_TO_RETRY
+            self._stub.RecordSessionFeedback, session_request(feedback), SAFE_TO_RETRY
         )
         return [result_from(r) for r in response.results]
 
@@ -228,7 +228,7 @@ class AsyncConduitClient(_Base):
         latency: float,
         features: Sequence[float],
         confidence: float = 1.0,
-        reward_weights: RewardWeights | None = None,
+        reward_weights: RewardWeights | str | None = None,
     ) -> float:
         request = update_request(
             model_id, cost, quality_score, latency, features, confidence, reward_weights
@@ -312,8 +312,10 @@ class ConduitClient(_Base):
             self._call(self._stub.RecordFeedback, feedback_request(event), SAFE_TO_RETRY)
         )
 
-    def record_session_feedback(self, sf: SessionFeedback) -> list[FeedbackResult]:
-        response = self._call(self._stub.RecordSessionFeedback, session_request(sf), SAFE_TO_RETRY)
+    def record_session_feedback(self, feedback: SessionFeedback) -> list[FeedbackResult]:
+        response = self._call(
+            self._stub.RecordSessionFeedback, session_request(feedback), SAFE_TO_RETRY
+        )
         return [result_from(r) for r in response.results]
 
     def update(
@@ -324,7 +326,7 @@ class ConduitClient(_Base):
         latency: float,
         features: Sequence[float],
         confidence: float = 1.0,
-        reward_weights: RewardWeights | None = None,
+        reward_weights: RewardWeights | str | None = None,
     ) -> float:
         request = update_request(
             model_id, cost, quality_score, latency, features, confidence, reward_weights
