@@ -34,6 +34,7 @@ from conduit_sidecar.feedback.observation import (
     track_contribution,
 )
 from conduit_sidecar.feedback.stores.base import Applied, FeedbackStore, Mark, check_ttl
+from conduit_sidecar.feedback.stores.keys import event_key, session_keys
 from conduit_sidecar.feedback.stores.memory import InMemoryFeedbackStore
 from conduit_sidecar.query import RoutingDecision, check_id
 from conduit_sidecar.reward import check_non_negative
@@ -216,11 +217,24 @@ class FeedbackCollector:
         create: RoutingDecision | None = None,
         ttl_s: float | None = None,
         outcome: _Outcome | None = None,
+        aliases: Sequence[str] = (),
     ) -> _Done:
         """One store operation, then its policy update (run through `_inseparably`)."""
-        applied = await self.store.apply(
-            query_id, key, contribution, mark, events, create=create, ttl_s=ttl_s
-        )
+        if aliases:
+            applied = await self.store.apply(
+                query_id,
+                key,
+                contribution,
+                mark,
+                events,
+                create=create,
+                ttl_s=ttl_s,
+                aliases=aliases,
+            )
+        else:  # a store written against the interface before `aliases` also works here
+            applied = await self.store.apply(
+                query_id, key, contribution, mark, events, create=create, ttl_s=ttl_s
+            )
         if outcome is not None and not applied.duplicate:
             try:
                 self.router.record_outcome(applied.decision.selected_model, *outcome)
@@ -324,11 +338,7 @@ class FeedbackCollector:
             raise InvalidArgument("event", f"must be a FeedbackEvent, got {event!r}")
         event.validate()
         mapping = self._read(self._adapter(event.signal_type), event)
-        key = (
-            f"key:{event.idempotency_key}"
-            if event.idempotency_key is not None
-            else f"signal:{event.signal_type}"
-        )
+        key = event_key(event)
         contribution = Contribution.signals([(mapping.reward, mapping.confidence)])
         mark = Mark(event.signal_type, mapping.reward, mapping.confidence)
         applied, new = await self._inseparably(
@@ -360,8 +370,7 @@ class FeedbackCollector:
                 idempotency_key=feedback.idempotency_key,
             )
             planned.append((event, self._read(adapter, event)))
-        suffix = feedback.idempotency_key or feedback.signal_type
-        key = f"session:{feedback.session_id}:{suffix}"
+        key, legacy_key = session_keys(feedback)
         results = []
         for event, mapping in planned:
             confidence = mapping.confidence * feedback.propagation_weight
@@ -369,7 +378,9 @@ class FeedbackCollector:
             mark = Mark(event.signal_type, mapping.reward, confidence)
             try:
                 applied, new = await self._inseparably(
-                    self._apply(event.query_id, key, contribution, mark, [event])
+                    self._apply(
+                        event.query_id, key, contribution, mark, [event], aliases=(legacy_key,)
+                    )
                 )
             except NotFound:
                 continue  # expired between the lookup and now: no longer pending

@@ -134,8 +134,10 @@ class FeedbackStore(ABC):
         *,
         create: RoutingDecision | None = None,
         ttl_s: float | None = None,
+        aliases: Sequence[str] = (),
     ) -> Applied:
-        """Atomically: if `key` is already marked for the query, return the first mark as a
+        """Atomically: if `key` (or one of `aliases`, keys an earlier version wrote for the
+        same signal) is already marked for the query, return that first mark as a
         duplicate; otherwise add `contribution` to the accumulators, remember `mark` (with
         the accumulators after) under `key`, append `events` to the log and count them.
 

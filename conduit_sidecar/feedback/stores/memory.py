@@ -166,6 +166,7 @@ class InMemoryFeedbackStore(FeedbackStore):
         *,
         create: RoutingDecision | None = None,
         ttl_s: float | None = None,
+        aliases: Sequence[str] = (),
     ) -> Applied:
         if ttl_s is not None and (type(ttl_s) is not float or not 0.0 < ttl_s <= MAX_TTL_SECONDS):
             ttl_s = check_ttl(ttl_s, "ttl_s")  # the fast test above is check_ttl's own
@@ -186,6 +187,10 @@ class InMemoryFeedbackStore(FeedbackStore):
                 marks = entry.marks = {}
             else:
                 first = marks.get(key)
+                for alias in aliases:
+                    if first is not None:
+                        break
+                    first = marks.get(alias)
                 if first is not None:
                     return Applied(entry.decision, entry.acc, entry.acc, True, first)
             before = entry.acc

@@ -279,6 +279,7 @@ class PostgresFeedbackStore(FeedbackStore):
         *,
         create: RoutingDecision | None = None,
         ttl_s: float | None = None,
+        aliases: Sequence[str] = (),
     ) -> Applied:
         if ttl_s is not None:
             ttl_s = check_ttl(ttl_s, "ttl_s")
@@ -296,9 +297,18 @@ class PostgresFeedbackStore(FeedbackStore):
                 raise not_found(query_id)
             decision = decision_from_json(row["decision"])
             before = _accumulators(row)
-            first = await conn.fetchval(
-                f"SELECT mark FROM {s}.marks WHERE query_id = $1 AND key = $2", query_id, key
-            )
+            if aliases:
+                # The call's own key first, then the older formats of it.
+                first = await conn.fetchval(
+                    f"SELECT mark FROM {s}.marks WHERE query_id = $1 AND key = ANY($2::text[])"
+                    f" ORDER BY array_position($2::text[], key) LIMIT 1",
+                    query_id,
+                    [key, *aliases],
+                )
+            else:
+                first = await conn.fetchval(
+                    f"SELECT mark FROM {s}.marks WHERE query_id = $1 AND key = $2", query_id, key
+                )
             if first is not None:
                 return Applied(decision, before, before, True, mark_from_json(first))
             after = accumulate(before, contribution)

@@ -85,7 +85,8 @@ return 1
 # ARGV: 1 mark key, 2 signal type, 3 reward, 4 confidence, 5 d_num, 6 d_den, 7 weight cand,
 #       8 cost ('' keeps), 9 latency ('' keeps), 10 ttl ms ('' keeps), 11 decision JSON
 #       ('' = must exist), 12 session id, 13 query id, 14 history limit,
-#       15.. pairs (signal type, event JSON) to log.
+#       15 n aliases, 16..15+n aliases (older keys of the same signal),
+#       then pairs (signal type, event JSON) to log.
 _APPLY = (
     _NOW_MS
     + _CREATE
@@ -97,6 +98,11 @@ if redis.call('EXISTS', q) == 0 then
 end
 local b = redis.call('HMGET', q, 'decision', 'num', 'den', 'weight', 'cost', 'lat')
 local first = redis.call('HGET', m, ARGV[1])
+local n = tonumber(ARGV[15])
+for i = 16, 15 + n do
+  if first then break end
+  first = redis.call('HGET', m, ARGV[i])
+end
 if first then return {'dup', first, b[1], b[2], b[3], b[4], b[5], b[6]} end
 local num = redis.call('HINCRBYFLOAT', q, 'num', ARGV[5])
 local den = redis.call('HINCRBYFLOAT', q, 'den', ARGV[6])
@@ -121,7 +127,7 @@ if ARGV[10] ~= '' then
   end
 end
 redis.call('PEXPIRE', m, redis.call('PTTL', q))
-for i = 15, #ARGV, 2 do
+for i = 16 + n, #ARGV, 2 do
   redis.call('LPUSH', KEYS[5], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[6], ARGV[i], 1)
 end
@@ -240,6 +246,7 @@ class RedisFeedbackStore(FeedbackStore):
         *,
         create: RoutingDecision | None = None,
         ttl_s: float | None = None,
+        aliases: Sequence[str] = (),
     ) -> Applied:
         ttl_ms = "" if ttl_s is None else str(max(1, round(check_ttl(ttl_s, "ttl_s") * 1000)))
         if not ttl_ms and create is not None:
@@ -272,6 +279,8 @@ class RedisFeedbackStore(FeedbackStore):
             session_id or "",
             query_id,
             self.history_limit,
+            len(aliases),
+            *aliases,
         ]
         for event in events:
             args.extend([event.signal_type, event_to_json(event)])

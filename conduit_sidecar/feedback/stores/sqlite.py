@@ -267,6 +267,7 @@ class SqliteFeedbackStore(FeedbackStore):
         *,
         create: RoutingDecision | None = None,
         ttl_s: float | None = None,
+        aliases: Sequence[str] = (),
     ) -> Applied:
         if ttl_s is not None:
             ttl_s = check_ttl(ttl_s, "ttl_s")
@@ -284,9 +285,13 @@ class SqliteFeedbackStore(FeedbackStore):
                 assert row is not None  # just inserted inside this transaction
             decision = decision_from_json(str(row[0]))
             before = _accumulators(row)
-            first = conn.execute(
-                "SELECT mark FROM marks WHERE query_id = ? AND key = ?", (query_id, key)
-            ).fetchone()
+            first = None
+            for candidate in (key, *aliases):
+                first = conn.execute(
+                    "SELECT mark FROM marks WHERE query_id = ? AND key = ?", (query_id, candidate)
+                ).fetchone()
+                if first is not None:
+                    break
             if first is not None:
                 return Applied(decision, before, before, True, mark_from_json(first[0]))
             after = accumulate(before, contribution)
