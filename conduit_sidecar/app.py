@@ -101,6 +101,10 @@ def build_router(config: SidecarConfig) -> Router:
             models = load_catalogue(config.catalogue)
         except InvalidArgument as exc:  # a usage error (exit 2) naming the setting
             raise ConfigError(f"catalogue: {exc}") from None
+        except UnicodeDecodeError as exc:  # load_catalogue reads the file as UTF-8 text
+            raise ConfigError(
+                f"catalogue: {config.catalogue!r} is not UTF-8 text: {exc.reason}"
+            ) from None
     try:
         return Router(
             models,

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import ConfigError, add_arguments, load_config
-from .errors import ConduitError
+from .errors import ConduitError, Unavailable
 
 log = logging.getLogger("conduit_sidecar.cli")
 
@@ -71,12 +71,36 @@ def format_stats(stats: object) -> str:
 def _stats(args: argparse.Namespace) -> int:
     from .client import ConduitClient
 
+    roots = None
+    if args.root_cert is not None:
+        try:
+            with open(args.root_cert, "rb") as handle:
+                roots = handle.read()
+        except OSError as exc:
+            raise ConfigError(
+                f"root_cert: cannot read {args.root_cert!r}: {exc.strerror}"
+            ) from None
+        if b"-----BEGIN CERTIFICATE-----" not in roots:
+            raise ConfigError(f"root_cert: {args.root_cert!r} holds no PEM certificate")
+    tls = args.tls or roots is not None
     try:
-        client = ConduitClient(args.target, token=args.token, timeout_s=args.timeout_s)
-    except ValueError as exc:  # a bad --timeout-s: a usage error, not a traceback
+        client = ConduitClient(
+            args.target,
+            token=args.token,
+            timeout_s=args.timeout_s,
+            root_certificates=roots,
+            tls=tls,
+        )
+    except ValueError as exc:  # a bad --timeout-s or --root-cert: a usage error
         raise ConfigError(str(exc)) from None
     with client:
-        print(format_stats(client.get_stats()))
+        try:
+            stats = client.get_stats()
+        except Unavailable as exc:
+            # A plaintext call to a TLS port fails with a bare "Socket closed": say what to try.
+            hint = "" if tls else "; if it serves TLS, pass --root-cert (or --tls)"
+            raise Unavailable(f"{exc} (is a sidecar listening on {args.target}?{hint})") from None
+    print(format_stats(stats))
     return 0
 
 
@@ -86,6 +110,13 @@ def _demo(args: argparse.Namespace) -> int:
     if args.rounds < 10:
         raise ConfigError(f"rounds: must be >= 10, got {args.rounds}")
     return asyncio.run(run_demo(rounds=args.rounds, seed=args.seed, policy=args.policy))
+
+
+def one_line(message: str) -> str:
+    """A multi-line message (a YAML parser's: context, problem, the quoted source line and a
+    caret under it) as one line of the log."""
+    lines = (line.strip() for line in message.splitlines())
+    return " ".join(line for line in lines if line and set(line) != {"^"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--target", default=os.environ.get("CONDUIT_TARGET", "127.0.0.1:50051"))
     stats.add_argument("--token", default=os.environ.get("CONDUIT_TOKEN"))
     stats.add_argument("--timeout-s", type=float, default=5.0)
+    stats.add_argument("--tls", action="store_true", help="the sidecar serves TLS")
+    stats.add_argument(
+        "--root-cert",
+        metavar="PEM",
+        help="certificate(s) to trust, e.g. the sidecar's self-signed tls_cert (implies --tls)",
+    )
     stats.set_defaults(run=_stats)
 
     demo = commands.add_parser(
@@ -118,10 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except ConfigError as exc:
-        print(f"conduit-sidecar: {exc}", file=sys.stderr)
+        print(f"conduit-sidecar: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except (ConduitError, OSError) as exc:
-        print(f"conduit-sidecar: {exc}", file=sys.stderr)
+        print(f"conduit-sidecar: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

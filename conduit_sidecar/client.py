@@ -125,6 +125,12 @@ class _Base:
             raise ValueError(f"backoff_s must be finite and >= 0, got {backoff_s}")
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if root_certificates is not None and b"-----BEGIN CERTIFICATE-----" not in bytes(
+            root_certificates
+        ):
+            # grpc takes anything and then fails every call with "Failed to create security
+            # handshaker", retried as UNAVAILABLE until the deadline.
+            raise ValueError("root_certificates must be PEM certificate(s)")
         self.target = target
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts

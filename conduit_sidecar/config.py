@@ -165,7 +165,8 @@ class SidecarConfig:
         for name in ("catalogue", "tls_cert", "tls_key"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                raise ConfigError(f"{name}: no such file {path!r}")
+                what = "not a regular file" if Path(path).exists() else "no such file"
+                raise ConfigError(f"{name}: {what} {path!r}")
         if self.token is not None and not self.token.strip():
             raise ConfigError("token: must not be blank")
         if self.token is not None and not (
@@ -238,6 +239,16 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
     return raw
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """': <problem> at line L, column C', on one line. str() of a YAML error spans four
+    lines (context, problem, a quoted source line and a caret), and an error at start-up is
+    one line of the log."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f": {problem}{where}"
+
+
 def load_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -245,7 +256,9 @@ def load_yaml(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path!r}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config: {path!r} is not valid YAML{yaml_problem(exc)}") from None
+    except UnicodeDecodeError as exc:  # raised by the file's read, not by the YAML reader
+        raise ConfigError(f"config: {path!r} is not UTF-8 text: {exc.reason}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -124,3 +124,58 @@ def test_demo_refuses_too_few_rounds(capsys: pytest.CaptureFixture[str]) -> None
 def test_bar() -> None:
     assert bar(0, 10) == "[" + "-" * 24 + "]"
     assert bar(5, 10) == "[" + "#" * 12 + "-" * 12 + "]"
+
+
+def _serve_fails(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conduit_sidecar", "serve", "--listen", "127.0.0.1:0",
+         "--store-url", "memory://", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_files_that_are_not_text_are_one_line_errors(tmp_path: Path) -> None:
+    # A config or catalogue file that is not UTF-8 (a binary, a Latin-1 export) escaped as a
+    # UnicodeDecodeError traceback; a YAML error spanned four lines of the log.
+    binary = tmp_path / "settings.yaml"
+    binary.write_bytes(b"policy: \xe9t\xe9\n")
+    unclosed = tmp_path / "unclosed.yaml"
+    unclosed.write_text("policy: [linucb\n")
+    for args, message in [
+        (["--config", str(binary)], f"config: {str(binary)!r} is not UTF-8 text"),
+        (["--catalogue", str(binary)], f"catalogue: {str(binary)!r} is not UTF-8 text"),
+        (["--config", str(unclosed)], f"config: {str(unclosed)!r} is not valid YAML: expected"),
+        (["--catalogue", str(tmp_path)], f"catalogue: not a regular file {str(tmp_path)!r}"),
+    ]:
+        result = _serve_fails(*args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"conduit-sidecar: {message}"), result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
+
+
+def test_stats_against_a_tls_sidecar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `stats` had no TLS option at all: against a TLS-only sidecar it could only fail, with
+    # a bare "Socket closed".
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server = Sidecar(
+        ["--store-url", "memory://", "--tls-cert", str(cert), "--tls-key", str(key)],
+        tmp_path / "sidecar.log",
+    )
+    try:
+        target = ["stats", "--target", server.target, "--timeout-s", "2"]
+        assert main([*target, "--root-cert", str(cert)]) == 0
+        assert "pending queries: 0" in capsys.readouterr().out
+        assert main(target) == 1  # plaintext to the TLS port: says what to try
+        assert "if it serves TLS, pass --root-cert" in capsys.readouterr().err
+        assert main([*target, "--root-cert", str(key)]) == 2  # a key is no certificate
+        assert "root_cert: " in capsys.readouterr().err
+        assert main([*target, "--root-cert", str(tmp_path / "none.pem")]) == 2
+        assert "root_cert: cannot read" in capsys.readouterr().err
+    finally:
+        assert server.terminate() == 0

@@ -176,6 +176,10 @@ def test_client_arguments_are_checked() -> None:
     for backoff_s in (math.inf, math.nan):
         with pytest.raises(ValueError, match="backoff_s"):
             ConduitClient(backoff_s=backoff_s)
+    # grpc accepted anything, then failed every call until the deadline ("Failed to create
+    # security handshaker", retried as UNAVAILABLE).
+    with pytest.raises(ValueError, match="root_certificates"):
+        ConduitClient(root_certificates=b"not a certificate")
 
 
 class _StoppingSidecar(pb_grpc.ConduitServiceServicer):  # type: ignore[misc]
