@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from conduit_sidecar.errors import InvalidArgument, NotFound
+from conduit_sidecar.errors import InvalidArgument, NotFound, Unavailable
 from conduit_sidecar.feedback.adapters import FeedbackAdapter, ThumbsAdapter
 from conduit_sidecar.feedback.events import (
     FeedbackEvent,
@@ -34,6 +36,7 @@ from conduit_sidecar.feedback.observation import (
     track_contribution,
 )
 from conduit_sidecar.feedback.stores.base import Applied, FeedbackStore, Mark, check_ttl
+from conduit_sidecar.feedback.stores.in_doubt import InDoubtWrites, attempt_id
 from conduit_sidecar.feedback.stores.keys import event_key, session_keys
 from conduit_sidecar.feedback.stores.memory import InMemoryFeedbackStore
 from conduit_sidecar.query import RoutingDecision, check_id
@@ -42,6 +45,9 @@ from conduit_sidecar.reward import check_non_negative
 logger = logging.getLogger(__name__)
 
 TRACK_KEY = "track"
+# How often, at most, writes in doubt are looked up again (only while there are some).
+DOUBT_CHECK_INTERVAL_S = 1.0
+T = TypeVar("T")
 
 _Outcome = tuple[float | None, float | None]  # (cost_usd, latency_s) for the router's stats
 _Done = tuple[Applied, tuple[float, float] | None]  # the store's answer, the observation after
@@ -93,8 +99,12 @@ class FeedbackCollector:
             self.store.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
         )
         self._adapters: dict[str, FeedbackAdapter] = {}
-        # Store operations whose caller was cancelled, kept alive until they finish.
-        self._in_flight: set[asyncio.Task[_Done]] = set()
+        # Store operations whose caller was cancelled, kept alive until they finish, and
+        # passes of resolve_in_doubt.
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        # This process's writes that failed but may have taken effect (stores/in_doubt.py).
+        self.in_doubt = InDoubtWrites()
+        self._doubts_checked_at = -math.inf
         self.register_adapter(ThumbsAdapter())
         for adapter in adapters:
             self.register_adapter(adapter)
@@ -187,10 +197,14 @@ class FeedbackCollector:
         """
         if type(self.store) is InMemoryFeedbackStore:
             return await work
+        return await asyncio.shield(self._background(work))
+
+    def _background(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task `settle` waits for, that nobody needs to await."""
         task = asyncio.ensure_future(work)
         self._in_flight.add(task)
         task.add_done_callback(self._settled)
-        return await asyncio.shield(task)
+        return task
 
     async def settle(self, timeout_s: float) -> int:
         """Waits up to `timeout_s` for store writes whose caller was cancelled (they go on in
@@ -201,7 +215,7 @@ class FeedbackCollector:
         _, late = await asyncio.wait(list(self._in_flight), timeout=timeout_s)
         return len(late)
 
-    def _settled(self, task: asyncio.Task[_Done]) -> None:
+    def _settled(self, task: asyncio.Task[Any]) -> None:
         self._in_flight.discard(task)
         if not task.cancelled():
             task.exception()  # mark it read: a cancelled caller no longer awaits it
@@ -219,9 +233,48 @@ class FeedbackCollector:
         outcome: _Outcome | None = None,
         aliases: Sequence[str] = (),
     ) -> _Done:
-        """One store operation, then its policy update (run through `_inseparably`)."""
+        """One store operation, then its policy update (run through `_inseparably`).
+
+        The write carries a fresh attempt id in its mark. If it fails with Unavailable it
+        may still take effect, so the id is remembered (`in_doubt`); a later duplicate
+        whose mark carries it is that write, and its delta is applied then, once.
+        """
+        mark = Mark(mark.signal_type, mark.reward, mark.confidence, attempt=attempt_id())
+        try:
+            applied = await self._store_apply(
+                query_id, key, contribution, mark, events, create, ttl_s, aliases
+            )
+        except Unavailable:
+            assert mark.attempt is not None
+            self.in_doubt.add(mark.attempt, query_id, key, outcome)
+            raise
+        if self.in_doubt:
+            if applied.duplicate:
+                claimed = self.in_doubt.claim(applied.decision, applied.mark)
+                if claimed is not None:
+                    applied, doubt = claimed
+                    outcome = doubt.outcome
+            self._check_doubts_soon()
+        if outcome is not None and not applied.duplicate:
+            try:
+                self.router.record_outcome(applied.decision.selected_model, *outcome)
+            except ValueError as exc:  # model removed since the decision: stats only
+                logger.warning("outcome of query %s not counted: %s", query_id, exc)
+        return applied, self._apply_policy(applied)
+
+    async def _store_apply(
+        self,
+        query_id: str,
+        key: str,
+        contribution: Contribution,
+        mark: Mark,
+        events: Sequence[FeedbackEvent],
+        create: RoutingDecision | None,
+        ttl_s: float | None,
+        aliases: Sequence[str],
+    ) -> Applied:
         if aliases:
-            applied = await self.store.apply(
+            return await self.store.apply(
                 query_id,
                 key,
                 contribution,
@@ -231,16 +284,51 @@ class FeedbackCollector:
                 ttl_s=ttl_s,
                 aliases=aliases,
             )
-        else:  # a store written against the interface before `aliases` also works here
-            applied = await self.store.apply(
-                query_id, key, contribution, mark, events, create=create, ttl_s=ttl_s
-            )
-        if outcome is not None and not applied.duplicate:
+        # A store written against the interface before `aliases` also works here.
+        return await self.store.apply(
+            query_id, key, contribution, mark, events, create=create, ttl_s=ttl_s
+        )
+
+    # Writes in doubt.
+
+    def _check_doubts_soon(self) -> None:
+        """After a write that worked (the store answers again), settle writes in doubt in
+        the background, at most once a second."""
+        now = time.monotonic()
+        if now - self._doubts_checked_at >= DOUBT_CHECK_INTERVAL_S:
+            self._doubts_checked_at = now
+            self._background(self.resolve_in_doubt())
+
+    async def resolve_in_doubt(self, batch: int = 64) -> int:
+        """Reads the marks of up to `batch` of this process's writes in doubt and applies
+        the delta of each that took effect (the retry of one that reached another replica
+        answered a plain duplicate there). Returns how many were applied. A write with no
+        mark yet stays in doubt (it may still land) until MAX_DOUBT_AGE_S; one whose query
+        has expired, or whose key holds another write's mark, is forgotten. Stops quietly
+        while the store is unreachable."""
+        applied_count = 0
+        for attempt, doubt in self.in_doubt.oldest(batch):
             try:
-                self.router.record_outcome(applied.decision.selected_model, *outcome)
-            except ValueError as exc:  # model removed since the decision: stats only
-                logger.warning("outcome of query %s not counted: %s", query_id, exc)
-        return applied, self._apply_policy(applied)
+                mark = await self.store.read_mark(doubt.query_id, doubt.key)
+                pending = None if mark is None else await self.store.get(doubt.query_id)
+            except Unavailable:
+                break
+            if mark is None or pending is None:
+                self.in_doubt.postpone(attempt)
+                continue
+            claimed = self.in_doubt.claim(pending.decision, mark)
+            if claimed is None:
+                self.in_doubt.forget(attempt)  # another write holds the key: not ours
+                continue
+            applied, settled = claimed
+            if settled.outcome is not None:
+                try:
+                    self.router.record_outcome(applied.decision.selected_model, *settled.outcome)
+                except ValueError as exc:
+                    logger.warning("outcome of query %s not counted: %s", doubt.query_id, exc)
+            self._apply_policy(applied)
+            applied_count += 1
+        return applied_count
 
     @staticmethod
     def _result(query_id: str, applied: Applied, new: tuple[float, float] | None) -> FeedbackResult:

@@ -39,12 +39,21 @@ MAX_TTL_SECONDS = 10 * 365 * 86400.0
 @fast_frozen
 @dataclass(frozen=True)
 class Mark:
-    """The first result recorded under an idempotency key, returned to its duplicates."""
+    """The first result recorded under an idempotency key, returned to its duplicates.
+
+    `attempt` is the id of the collector call that wrote it and `before` the accumulators
+    that write replaced: a write whose answer was lost (a timeout, after which the store
+    carried it out anyway) is re-derived from them by its retry, which applies the
+    before -> after delta the policy never received. Marks stored by earlier versions have
+    neither (None).
+    """
 
     signal_type: str
     reward: float
     confidence: float
     after: Accumulators | None = None
+    before: Accumulators | None = None
+    attempt: str | None = None
 
 
 @fast_frozen
@@ -145,6 +154,15 @@ class FeedbackStore(ABC):
         without it, a missing or expired query raises NotFound naming its id. With `ttl_s`
         the entry's expiry is reset to now + ttl_s (only when not a duplicate).
         """
+
+    async def read_mark(self, query_id: str, key: str) -> Mark | None:
+        """The mark stored under `key` for a pending query, or None.
+
+        Used to settle writes in doubt (`stores/in_doubt.py`). Every bundled backend reads
+        it; this default (for a store written before the method existed) answers None, so
+        such a store's writes in doubt are settled only by a retry in the same process.
+        """
+        return None
 
     @abstractmethod
     async def get(self, query_id: str) -> PendingQuery | None:
@@ -328,15 +346,29 @@ def mark_to_json(mark: Mark) -> str:
     }
     if mark.after is not None:
         data["after"] = accumulators_to_dict(mark.after)
-    return json.dumps(data, separators=(",", ":"))
+    if mark.before is not None:
+        data["before"] = accumulators_to_dict(mark.before)
+    if mark.attempt is not None:
+        data["attempt"] = mark.attempt
+    return _ENCODER.encode(data)
 
 
 def mark_from_json(text: str | bytes) -> Mark:
+    """Reads a mark of any version (those before `before`/`attempt` lack them: None)."""
     data = json.loads(text)
     after = data.get("after")
+    before = data.get("before")
+    attempt = data.get("attempt")
     return Mark(
         signal_type=str(data["signal_type"]),
         reward=float(data["reward"]),
         confidence=float(data["confidence"]),
         after=accumulators_from_dict(after) if after is not None else None,
+        before=accumulators_from_dict(before) if before is not None else None,
+        attempt=str(attempt) if attempt else None,
     )
+
+
+def recorded(mark: Mark, before: Accumulators, after: Accumulators) -> Mark:
+    """The mark a store keeps for a write: the caller's, with the accumulators around it."""
+    return Mark(mark.signal_type, mark.reward, mark.confidence, after, before, mark.attempt)

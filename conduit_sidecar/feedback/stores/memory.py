@@ -25,6 +25,7 @@ from conduit_sidecar.feedback.stores.base import (
     check_history_limit,
     check_ttl,
     not_found,
+    recorded,
 )
 from conduit_sidecar.query import RoutingDecision
 
@@ -195,7 +196,7 @@ class InMemoryFeedbackStore(FeedbackStore):
                     return Applied(entry.decision, entry.acc, entry.acc, True, first)
             before = entry.acc
             entry.acc = accumulate(before, contribution)
-            stored = Mark(mark.signal_type, mark.reward, mark.confidence, entry.acc)
+            stored = recorded(mark, before, entry.acc)
             marks[key] = stored
             if ttl_s is not None:
                 entry.expires_at = now + ttl_s
@@ -208,6 +209,13 @@ class InMemoryFeedbackStore(FeedbackStore):
             return Applied(entry.decision, before, entry.acc, False, stored)
         finally:
             lock.release()
+
+    async def read_mark(self, query_id: str, key: str) -> Mark | None:
+        with self._lock:
+            entry = self._live(query_id, time.time())
+            if entry is None or entry.marks is None:
+                return None
+            return entry.marks.get(key)
 
     async def get(self, query_id: str) -> PendingQuery | None:
         with self._lock:

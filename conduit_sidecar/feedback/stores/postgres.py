@@ -35,6 +35,7 @@ from conduit_sidecar.feedback.stores.base import (
     mark_from_json,
     mark_to_json,
     not_found,
+    recorded,
 )
 from conduit_sidecar.query import RoutingDecision
 
@@ -312,7 +313,7 @@ class PostgresFeedbackStore(FeedbackStore):
             if first is not None:
                 return Applied(decision, before, before, True, mark_from_json(first))
             after = accumulate(before, contribution)
-            stored = Mark(mark.signal_type, mark.reward, mark.confidence, after)
+            stored = recorded(mark, before, after)
             await conn.execute(
                 f"UPDATE {s}.queries SET quality_num = $2, quality_den = $3, weight = $4,"
                 f" cost_usd = $5, latency_s = $6,"
@@ -348,6 +349,20 @@ class PostgresFeedbackStore(FeedbackStore):
             return Applied(decision, before, after, False, stored)
 
         return await self._guard("apply", lambda: self._write(pool, body))
+
+    async def read_mark(self, query_id: str, key: str) -> Mark | None:
+        pool = await self._pool_ready()
+
+        async def op() -> Mark | None:
+            text = await pool.fetchval(
+                f"SELECT m.mark FROM {self.schema}.marks m JOIN {self._q} q USING (query_id)"
+                f" WHERE m.query_id = $1 AND m.key = $2 AND q.expires_at > {_NOW}",
+                query_id,
+                key,
+            )
+            return None if text is None else mark_from_json(text)
+
+        return await self._guard("read_mark", op)
 
     async def get(self, query_id: str) -> PendingQuery | None:
         pool = await self._pool_ready()

@@ -18,7 +18,6 @@ targets standalone or replicated Redis, not Redis Cluster.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -42,6 +41,7 @@ from conduit_sidecar.feedback.stores.base import (
     decision_to_json,
     event_from_json,
     event_to_json,
+    mark_from_json,
     not_found,
 )
 from conduit_sidecar.query import RoutingDecision
@@ -85,8 +85,8 @@ return 1
 # ARGV: 1 mark key, 2 signal type, 3 reward, 4 confidence, 5 d_num, 6 d_den, 7 weight cand,
 #       8 cost ('' keeps), 9 latency ('' keeps), 10 ttl ms ('' keeps), 11 decision JSON
 #       ('' = must exist), 12 session id, 13 query id, 14 history limit,
-#       15 n aliases, 16..15+n aliases (older keys of the same signal),
-#       then pairs (signal type, event JSON) to log.
+#       15 attempt id ('' = none), 16 n aliases, 17..16+n aliases (older keys of the same
+#       signal), then pairs (signal type, event JSON) to log.
 _APPLY = (
     _NOW_MS
     + _CREATE
@@ -98,8 +98,8 @@ if redis.call('EXISTS', q) == 0 then
 end
 local b = redis.call('HMGET', q, 'decision', 'num', 'den', 'weight', 'cost', 'lat')
 local first = redis.call('HGET', m, ARGV[1])
-local n = tonumber(ARGV[15])
-for i = 16, 15 + n do
+local n = tonumber(ARGV[16])
+for i = 17, 16 + n do
   if first then break end
   first = redis.call('HGET', m, ARGV[i])
 end
@@ -115,8 +115,12 @@ local cost = b[5]
 if ARGV[8] ~= '' then cost = ARGV[8]; redis.call('HSET', q, 'cost', cost) end
 local lat = b[6]
 if ARGV[9] ~= '' then lat = ARGV[9]; redis.call('HSET', q, 'lat', lat) end
+local attempt = nil
+if ARGV[15] ~= '' then attempt = ARGV[15] end
 local mark = cjson.encode({signal_type = ARGV[2], reward = ARGV[3], confidence = ARGV[4],
-  after = {num = num, den = den, weight = w, cost = cost or '', lat = lat or ''}})
+  after = {num = num, den = den, weight = w, cost = cost or '', lat = lat or ''},
+  before = {num = b[2], den = b[3], weight = b[4], cost = b[5] or '', lat = b[6] or ''},
+  attempt = attempt})
 redis.call('HSET', m, ARGV[1], mark)
 if ARGV[10] ~= '' then
   local ttl = tonumber(ARGV[10])
@@ -127,7 +131,7 @@ if ARGV[10] ~= '' then
   end
 end
 redis.call('PEXPIRE', m, redis.call('PTTL', q))
-for i = 16 + n, #ARGV, 2 do
+for i = 17 + n, #ARGV, 2 do
   redis.call('LPUSH', KEYS[5], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[6], ARGV[i], 1)
 end
@@ -158,13 +162,7 @@ def _before(raw: Sequence[Any]) -> Accumulators:
 
 
 def _mark(raw: Any) -> Mark:
-    data = json.loads(_text(raw))
-    return Mark(
-        signal_type=str(data["signal_type"]),
-        reward=float(data["reward"]),
-        confidence=float(data["confidence"]),
-        after=accumulators_from_dict(data["after"]),
-    )
+    return mark_from_json(_text(raw))
 
 
 def _num(value: float) -> str:
@@ -279,6 +277,7 @@ class RedisFeedbackStore(FeedbackStore):
             session_id or "",
             query_id,
             self.history_limit,
+            mark.attempt or "",
             len(aliases),
             *aliases,
         ]
@@ -295,6 +294,11 @@ class RedisFeedbackStore(FeedbackStore):
             return Applied(decision, before, before, True, stored)
         assert stored.after is not None  # the script always records the state after
         return Applied(decision, before, stored.after, False, stored)
+
+    async def read_mark(self, query_id: str, key: str) -> Mark | None:
+        # m:{query_id} expires with q:{query_id} and is deleted when the id is reused.
+        raw = await self._call("read_mark", self.redis.hget(self._key("m:", query_id), key))
+        return None if raw is None else _mark(raw)
 
     async def get(self, query_id: str) -> PendingQuery | None:
         qkey = self._key("q:", query_id)

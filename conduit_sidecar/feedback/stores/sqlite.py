@@ -56,6 +56,7 @@ from conduit_sidecar.feedback.stores.base import (
     mark_from_json,
     mark_to_json,
     not_found,
+    recorded,
 )
 from conduit_sidecar.feedback.stores.sqlite_writer import GroupCommitWriter
 from conduit_sidecar.query import RoutingDecision
@@ -295,7 +296,7 @@ class SqliteFeedbackStore(FeedbackStore):
             if first is not None:
                 return Applied(decision, before, before, True, mark_from_json(first[0]))
             after = accumulate(before, contribution)
-            stored = Mark(mark.signal_type, mark.reward, mark.confidence, after)
+            stored = recorded(mark, before, after)
             conn.execute(
                 "UPDATE queries SET quality_num = ?, quality_den = ?, weight = ?, cost_usd = ?,"
                 " latency_s = ?, expires_at = COALESCE(?, expires_at) WHERE query_id = ?",
@@ -326,6 +327,17 @@ class SqliteFeedbackStore(FeedbackStore):
         # One savepoint in the group's transaction: duplicate check + apply + mark + log are
         # all or nothing, under the write lock, and the caller resumes after the COMMIT.
         return await self.writer.call(body, write=True)
+
+    async def read_mark(self, query_id: str, key: str) -> Mark | None:
+        def op(conn: sqlite3.Connection) -> Mark | None:
+            if self._row(conn, query_id, time.time()) is None:
+                return None
+            row = conn.execute(
+                "SELECT mark FROM marks WHERE query_id = ? AND key = ?", (query_id, key)
+            ).fetchone()
+            return None if row is None else mark_from_json(row[0])
+
+        return await self.writer.call(op, write=False)
 
     async def get(self, query_id: str) -> PendingQuery | None:
         def op(conn: sqlite3.Connection) -> PendingQuery | None:

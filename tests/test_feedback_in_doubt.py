@@ -1,0 +1,368 @@
+"""Writes in doubt: a store write whose answer never reached the collector (a timeout, a lost
+commit acknowledgement) but which the store carried out anyway.
+
+The policy never received that write's delta, and the client's retry finds the write's mark.
+The retry must then apply the delta once (not answer a bare duplicate and lose the signal),
+and a retry of a write that WAS applied must stay a plain duplicate. Both stalls are real:
+Redis busy with a slow script on another connection (it runs the timed-out script when it
+gets to it), and PostgreSQL behind a TCP relay that lets a COMMIT through and drops the
+server's reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from conduit_sidecar import Query, Router
+from conduit_sidecar.errors import Unavailable
+from conduit_sidecar.feedback import (
+    FeedbackCollector,
+    FeedbackEvent,
+    FeedbackStore,
+    PostgresFeedbackStore,
+    RedisFeedbackStore,
+    SessionFeedback,
+    SqliteFeedbackStore,
+    builtin_adapters,
+)
+from conduit_sidecar.feedback.observation import observation
+from tests.conftest import POSTGRES_URL, REDIS_URL, StoreFactory
+
+MODELS = ["a", "b"]
+
+# Keeps the Redis server busy for ARGV[1] microseconds (it runs one command at a time), as a
+# slow command from another client does: commands arriving meanwhile wait in their sockets.
+BUSY_SCRIPT = """
+local t = redis.call('TIME')
+local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = 0
+while true do
+  n = n + 1
+  if n % 1000 == 0 then
+    local u = redis.call('TIME')
+    if tonumber(u[1]) * 1000000 + tonumber(u[2]) - start > tonumber(ARGV[1]) then break end
+  end
+end
+return n
+"""
+
+
+class CommitReplyDropper:
+    """A TCP relay to PostgreSQL that, once armed, forwards the next COMMIT and drops every
+    byte the server sends back on that connection: the transaction commits, its
+    acknowledgement never arrives (the client times out)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.armed = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.sockets += [client, upstream]
+            dropping = threading.Event()
+            for src, dst, outbound in ((client, upstream, True), (upstream, client, False)):
+                args = (src, dst, outbound, dropping)
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
+
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, outbound: bool, dropping: threading.Event
+    ) -> None:
+        try:
+            while data := src.recv(65536):
+                if outbound and self.armed.is_set() and b"COMMIT" in data:
+                    self.armed.clear()
+                    dropping.set()  # before the COMMIT leaves: its reply is dropped
+                if not outbound and dropping.is_set():
+                    continue
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        for sock in (self.listener, *self.sockets):
+            sock.close()
+
+
+def _learned(router: Router) -> tuple[float, float, int]:
+    stats = router.policy.arm_stats()
+    return (
+        sum(s.weight_sum for s in stats.values()),
+        sum(s.reward_sum for s in stats.values()),
+        sum(s.updates for s in stats.values()),
+    )
+
+
+@pytest.fixture
+async def redis_stalling() -> AsyncIterator[tuple[RedisFeedbackStore, Redis]]:
+    prefix = f"conduit-test-{uuid.uuid4().hex[:12]}:"
+    # The store's command timeout, shortened so a 0.6 s stall outlasts it.
+    store = RedisFeedbackStore(Redis.from_url(REDIS_URL, socket_timeout=0.2), prefix=prefix)
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        yield store, admin
+    finally:
+        await store.close()
+        keys = [k async for k in admin.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await admin.delete(*keys)
+        await admin.aclose()
+
+
+@pytest.fixture
+async def postgres_dropping() -> AsyncIterator[tuple[PostgresFeedbackStore, CommitReplyDropper]]:
+    url = urlsplit(POSTGRES_URL)
+    relay = CommitReplyDropper(url.hostname or "127.0.0.1", url.port or 5432)
+    relayed = url._replace(netloc=f"{url.username}@127.0.0.1:{relay.port}").geturl()
+    schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
+    store = PostgresFeedbackStore(relayed, schema=schema, command_timeout_s=0.5)
+    try:
+        yield store, relay
+    finally:
+        await store.close()
+        relay.close()
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()
+
+
+async def _stall_redis(admin: Redis) -> asyncio.Future[object]:
+    busy = asyncio.ensure_future(admin.eval(BUSY_SCRIPT, 0, 600_000))  # type: ignore[misc]
+    await asyncio.sleep(0.05)  # sent first: the server is in the script from here on
+    return busy
+
+
+async def _check_learned_once_after_retry(
+    store: FeedbackStore, collector: FeedbackCollector, router: Router, query_id: str,
+    event: FeedbackEvent,
+) -> None:  # fmt: skip
+    pending = await store.get(query_id)
+    assert pending is not None
+    assert pending.accumulators.quality_den == 1.0  # the store recorded the signal...
+    assert _learned(router) == (0.0, 0.0, 0)  # ...the policy never heard of it
+    result = await collector.record(event)  # the client's retry
+    assert not result.duplicate  # this call is the one that made the signal count
+    expected = observation(pending.accumulators, pending.decision.reward_weights)
+    assert expected is not None
+    assert (result.applied_reward, result.applied_weight) == expected
+    assert _learned(router) == (expected[1], expected[0] * expected[1], 1)
+    again = await collector.record(event)  # a further retry changes nothing
+    assert again.duplicate
+    assert _learned(router) == (expected[1], expected[0] * expected[1], 1)
+
+
+async def test_redis_write_run_after_its_timeout_is_learned_once_on_retry(
+    redis_stalling: tuple[RedisFeedbackStore, Redis],
+) -> None:
+    store, admin = redis_stalling
+    router = Router(models=MODELS, feature_dim=16)
+    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
+    decision = await router.route(Query(text="stalled"))
+    await collector.track(decision)
+    event = FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
+    busy = await _stall_redis(admin)
+    with pytest.raises(Unavailable):
+        await collector.record(event)
+    await busy  # the server ran the timed-out script right after it
+    await _check_learned_once_after_retry(store, collector, router, decision.query_id, event)
+
+
+async def test_postgres_commit_whose_acknowledgement_was_lost_is_learned_once_on_retry(
+    postgres_dropping: tuple[PostgresFeedbackStore, CommitReplyDropper],
+) -> None:
+    store, relay = postgres_dropping
+    router = Router(models=MODELS, feature_dim=16)
+    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
+    decision = await router.route(Query(text="lost ack"))
+    await collector.track(decision)
+    event = FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
+    relay.armed.set()
+    with pytest.raises(Unavailable):
+        await collector.record(event)
+    assert not relay.armed.is_set()  # the COMMIT went through the relay
+    await _check_learned_once_after_retry(store, collector, router, decision.query_id, event)
+
+
+async def test_a_retry_of_a_write_that_was_applied_stays_a_duplicate(
+    redis_stalling: tuple[RedisFeedbackStore, Redis],
+) -> None:
+    store, _ = redis_stalling
+    router = Router(models=MODELS, feature_dim=16)
+    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
+    decision = await router.route(Query(text="fine", session_id="s-1"))
+    await collector.track(decision)
+    event = FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
+    first = await collector.record(event)
+    learned = _learned(router)
+    assert learned[2] == 1 and not first.duplicate
+    # Another collector (a second replica, or this one restarted) sees the same marks.
+    other = FeedbackCollector(router, store, adapters=builtin_adapters())
+    for retry_collector in (collector, other):
+        assert (await retry_collector.record(event)).duplicate
+    session = SessionFeedback("s-1", "rating", {"rating": 4})
+    await collector.record_session_feedback(session)
+    learned = _learned(router)
+    for retry_collector in (collector, other):
+        [again] = await retry_collector.record_session_feedback(session)
+        assert again.duplicate
+    assert _learned(router) == learned
+
+
+async def test_a_write_in_doubt_whose_retry_reached_another_replica_is_settled_by_its_writer(
+    redis_stalling: tuple[RedisFeedbackStore, Redis],
+) -> None:
+    store, admin = redis_stalling
+    router = Router(models=MODELS, feature_dim=16)
+    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
+    replica = FeedbackCollector(Router(models=MODELS, feature_dim=16), store)
+    # In a session: Track then sends its script at once (no lookup of the session first).
+    decision = await router.route(Query(text="stalled", session_id="s-1"))
+    await collector.log_decision(decision)
+    busy = await _stall_redis(admin)
+    with pytest.raises(Unavailable):
+        await collector.track(decision, cost=0.002, latency=1.5, error=True)
+    await busy
+    assert len(collector.in_doubt) == 1
+    # The client's retry lands on another replica: a plain duplicate there (the other
+    # replica cannot know whether the writer applied it), and nothing learned anywhere.
+    await replica.track(decision, cost=0.002, latency=1.5, error=True)
+    assert _learned(router) == (0.0, 0.0, 0)
+    # The writer settles it as soon as the store answers: once.
+    assert await collector.resolve_in_doubt() == 1
+    assert len(collector.in_doubt) == 0
+    assert _learned(router)[0] == pytest.approx(0.8) and _learned(router)[2] == 1
+    assert router.stats()[decision.selected_model].outcomes == 1  # its outcome counted once
+    assert await collector.resolve_in_doubt() == 0
+    assert _learned(router)[2] == 1
+
+
+async def test_writes_in_doubt_are_settled_after_the_next_write_that_works(
+    redis_stalling: tuple[RedisFeedbackStore, Redis],
+) -> None:
+    store, admin = redis_stalling
+    router = Router(models=MODELS, feature_dim=16)
+    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
+    first, second = [await router.route(Query(text=f"turn {i}")) for i in range(2)]
+    for decision in (first, second):
+        await collector.track(decision)
+    busy = await _stall_redis(admin)
+    with pytest.raises(Unavailable):
+        await collector.record(FeedbackEvent(first.query_id, "thumbs", {"value": "up"}))
+    await busy
+    # No retry of that one; the next write works and the check follows in the background.
+    await collector.record(FeedbackEvent(second.query_id, "thumbs", {"value": "down"}))
+    assert await collector.settle(5.0) == 0
+    assert len(collector.in_doubt) == 0
+    assert _learned(router)[2] == 2
+
+
+async def test_a_write_that_never_reached_the_store_stays_unapplied(
+    redis_stalling: tuple[RedisFeedbackStore, Redis],
+) -> None:
+    store, _ = redis_stalling
+    router = Router(models=MODELS, feature_dim=16)
+    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
+    decision = await router.route(Query(text="refused"))
+    await collector.track(decision)
+    event = FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
+    # A store that refuses connections (a closed port): the write never happens.
+    down = RedisFeedbackStore(
+        Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2),
+        prefix=store.prefix,
+    )
+    offline = FeedbackCollector(router, down, adapters=builtin_adapters())
+    with pytest.raises(Unavailable):
+        await offline.record(event)
+    await down.close()
+    offline.store = store  # the server is reachable again
+    assert await offline.resolve_in_doubt() == 0
+    assert len(offline.in_doubt) == 1  # no mark: it stays in doubt (it might still land)
+    result = await offline.record(event)  # the retry is a first write, applied normally
+    assert not result.duplicate and _learned(router)[2] == 1
+    assert await offline.resolve_in_doubt() == 0
+    assert len(offline.in_doubt) == 0  # the key holds the retry's mark: forgotten
+    assert _learned(router)[2] == 1
+
+
+# What the previous version stored as marks (no `before`, no `attempt`): Redis's script wrote
+# the numbers as strings, the SQL stores wrote mark_to_json's numbers.
+OLD_REDIS_MARK = (
+    '{"signal_type":"thumbs","reward":"1.0","confidence":"1.0",'
+    '"after":{"num":"1","den":"1","weight":"1.0","cost":"","lat":""}}'
+)
+OLD_SQL_MARK = (
+    '{"signal_type":"thumbs","reward":1.0,"confidence":1.0,'
+    '"after":{"num":1.0,"den":1.0,"weight":1.0,"cost":null,"lat":null}}'
+)
+
+
+async def _store_old_mark(store: FeedbackStore, query_id: str, key: str) -> None:
+    if isinstance(store, RedisFeedbackStore):
+        await store.redis.hset(f"{store.prefix}m:{query_id}", key, OLD_REDIS_MARK)  # type: ignore[misc]
+    elif isinstance(store, PostgresFeedbackStore):
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(
+                f"UPDATE {store.schema}.marks SET mark = $3 WHERE query_id = $1 AND key = $2",
+                query_id,
+                key,
+                OLD_SQL_MARK,
+            )
+        finally:
+            await conn.close()
+    else:
+        assert isinstance(store, SqliteFeedbackStore)
+        await store.writer.call(
+            lambda conn: conn.execute(
+                "UPDATE marks SET mark = ? WHERE query_id = ? AND key = ?",
+                (OLD_SQL_MARK, query_id, key),
+            ),
+            write=True,
+        )
+
+
+async def test_marks_stored_by_the_previous_version_are_read_and_stay_duplicates(
+    durable_store_factory: StoreFactory,
+) -> None:
+    store = await durable_store_factory.open()
+    router = Router(models=MODELS, feature_dim=16)
+    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
+    decision = await router.route(Query(text="upgraded"))
+    await collector.track(decision)
+    event = FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
+    await collector.record(event)
+    await _store_old_mark(store, decision.query_id, "signal:thumbs")
+    old = await store.read_mark(decision.query_id, "signal:thumbs")
+    assert old is not None and old.attempt is None and old.before is None
+    assert old.after is not None and old.after.quality_den == 1.0
+    learned = _learned(router)
+    # A retry (even by a collector with writes in doubt for that key) is a plain duplicate.
+    collector.in_doubt.add("0" * 24, decision.query_id, "signal:thumbs", None)
+    again = await collector.record(event)
+    assert again.duplicate and again.reward == 1.0 and again.applied_weight == 1.0
+    assert _learned(router) == learned
+    # Further signals for the query apply on top of what the old version stored.
+    rating = await collector.record(FeedbackEvent(decision.query_id, "rating", {"rating": 1}))
+    assert not rating.duplicate and _learned(router)[2] == 1
+    pending = await store.get(decision.query_id)
+    assert pending is not None and pending.accumulators.quality_den == 2.0
