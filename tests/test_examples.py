@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+from grpc_fixtures import Sidecar, sidecar
 
+from conduit_sidecar.client import ConduitClient
+from conduit_sidecar.feedback import FeedbackEvent
 from tests.conftest import StoreFactory
+
+__all__ = ["sidecar"]  # the fixture, imported for pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -132,3 +140,24 @@ def test_fastapi_service_demo_runs() -> None:
     out = run_file("integrations/fastapi_service.py")
     assert "{'status': 'recorded', 'reward': 1.0}" in out
     assert "404 Unknown query_id 'unknown-id'" in out
+
+
+def python_blocks(doc: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.S)
+
+
+async def test_sidecar_doc_client_example_runs_against_a_sidecar(sidecar: Sidecar) -> None:
+    """docs/SIDECAR.md's Python client example, as written, against a real sidecar (only the
+    address is the test's). Its statements are top-level awaits, so they run as the body
+    of a coroutine."""
+    (block,) = python_blocks(ROOT / "docs" / "SIDECAR.md")
+    assert '"127.0.0.1:50051"' in block
+    imports, _, body = block.replace('"127.0.0.1:50051"', repr(sidecar.target)).partition("\n\n")
+    body = textwrap.indent(body + "return decision\n", "    ")
+    source = f"{imports}\n\nasync def example():\n{body}"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "docs/SIDECAR.md", "exec"), namespace)
+    decision = await namespace["example"]()
+    with ConduitClient(sidecar.target) as client:  # the example's thumbs-up reached the sidecar
+        again = client.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
+    assert again.duplicate and again.reward == 1.0
