@@ -37,6 +37,7 @@ from conduit_sidecar.feedback.stores.base import (
     not_found,
     recorded,
 )
+from conduit_sidecar.feedback.stores.postgres_pool import quiet_floor_retries
 from conduit_sidecar.query import RoutingDecision
 
 T = TypeVar("T")
@@ -169,6 +170,8 @@ class PostgresFeedbackStore(FeedbackStore):
             if self._pool is not None:
                 return
             import asyncpg
+
+            quiet_floor_retries()  # an outage: one warning, not a traceback a second
 
             async def connect() -> Any:
                 return await asyncpg.create_pool(
