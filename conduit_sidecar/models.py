@@ -31,6 +31,10 @@ EXPECTED_OUTPUT_TOKENS = 256
 NEUTRAL_LATENCY_S = 2.0
 NEUTRAL_QUALITY_PRIOR = 0.5
 
+# The core's limit on an arm name (conduit_core/src/bandit.rs). Checked here too so that a
+# catalogue entry beyond it is refused naming the model id, not the policy it is given to.
+MAX_MODEL_ID_BYTES = 1024
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -46,6 +50,16 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
             raise InvalidArgument("model.id", f"must be a non-empty string, got {self.id!r}")
+        try:
+            id_bytes = len(self.id.encode())
+        except UnicodeEncodeError as exc:  # a lone surrogate (JSON "\udcff" reads as one)
+            raise InvalidArgument(
+                "model.id", f"not valid Unicode ({exc.reason} at position {exc.start})"
+            ) from None
+        if id_bytes > MAX_MODEL_ID_BYTES:
+            raise InvalidArgument(
+                "model.id", f"too long: {id_bytes} bytes in UTF-8, limit {MAX_MODEL_ID_BYTES}"
+            )
         if not isinstance(self.provider, str):
             raise InvalidArgument(f"{self.id}.provider", "must be a string")
         for name in ("input_usd_per_mtok", "output_usd_per_mtok", "expected_latency_s"):

@@ -108,7 +108,10 @@ class Router:
         if isinstance(model, ModelSpec):
             return model
         if isinstance(model, str) and model.strip():
-            return lookup(model)
+            try:
+                return lookup(model)
+            except InvalidArgument as exc:  # an id no model can have (see ModelSpec)
+                raise InvalidArgument("models", str(exc)) from None
         raise InvalidArgument("models", f"expected a model id or ModelSpec, got {model!r}")
 
     @staticmethod

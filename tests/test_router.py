@@ -78,6 +78,8 @@ def test_policy_config_and_weights_are_configurable() -> None:
         (([CHEAP, CHEAP],), {}, "models"),
         ((["a", ""],), {}, "models"),
         (([3],), {}, "models"),
+        ((["a", "b\udcff"],), {}, "models"),  # was "policy"
+        ((["m" * 1025],), {}, "models"),  # was "policy"
         (([CHEAP],), {"policy": "greedy"}, "policy"),
         (([CHEAP],), {"feature_dim": 0}, "feature_dim"),
         (([CHEAP],), {"feature_dim": 2.5}, "feature_dim"),
