@@ -30,6 +30,10 @@ PREFERENCES = ("balanced", "quality", "cost", "speed")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # grpc's channel arguments are C ints.
 MAX_MESSAGE_BYTES = 2**31 - 1
+# The limit applies to responses too: below a few KiB a ListModels or a Route with its
+# features could not be sent (RESOURCE_EXHAUSTED after the decision was made and logged, and
+# an error traceback in the log per call). 64 KiB leaves room for any catalogue in use.
+MIN_MESSAGE_BYTES = 64 * 1024
 # The longest pending window, for the server default and each request's ttl_s: ten years.
 # Far beyond any feedback delay, and well inside what every store can expire (Redis refuses
 # a PEXPIRE past 2**63 ms, so a TTL of 1e300 s left every decision unlogged there).
@@ -132,10 +136,10 @@ class SidecarConfig:
             raise ConfigError(
                 f"max_text_chars: must be at most {MAX_TEXT_CHARS}, got {self.max_text_chars}"
             )
-        if self.max_message_bytes > MAX_MESSAGE_BYTES:
+        if not MIN_MESSAGE_BYTES <= self.max_message_bytes <= MAX_MESSAGE_BYTES:
             raise ConfigError(
-                f"max_message_bytes: must be at most {MAX_MESSAGE_BYTES}, "
-                f"got {self.max_message_bytes}"
+                f"max_message_bytes: must be between {MIN_MESSAGE_BYTES} and "
+                f"{MAX_MESSAGE_BYTES}, got {self.max_message_bytes}"
             )
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(

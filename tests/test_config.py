@@ -95,7 +95,10 @@ def test_empty_env_value_unsets_an_optional_setting() -> None:
         # (logging's "Unknown level", grpc's OverflowError), or, for a TTL beyond what Redis
         # can expire, leave every decision unlogged and every Track UNAVAILABLE.
         ({"CONDUIT_LOG_LEVEL": "verbose"}, "log_level: expected one of"),
-        ({"CONDUIT_MAX_MESSAGE_BYTES": str(2**31)}, "max_message_bytes: must be at most"),
+        ({"CONDUIT_MAX_MESSAGE_BYTES": str(2**31)}, "max_message_bytes: must be between"),
+        # Responses obey the limit too: with 300 bytes ListModels and Route(include_features)
+        # failed RESOURCE_EXHAUSTED after routing, with a traceback in the log per call.
+        ({"CONDUIT_MAX_MESSAGE_BYTES": "300"}, "max_message_bytes: must be between 65536"),
         # The Router refuses texts past 100,000 characters: a larger limit was silently void.
         ({"CONDUIT_MAX_TEXT_CHARS": "100001"}, "max_text_chars: must be at most 100000"),
         # redis-py took a database that is not a number as database 0, another deployment's.
