@@ -297,13 +297,27 @@ class SidecarServer:
         """Runs until SIGTERM/SIGINT (or request_stop), then shuts down gracefully."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             await self._stopping.wait()
+            # The handlers stay through the shutdown: removed, a second SIGTERM or Ctrl-C
+            # (an impatient supervisor or operator) killed the process mid-drain with the
+            # default action, and the learning not yet published was lost for good (the
+            # store had marked its signals, so their retries are duplicates).
+            await self.shutdown()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        await self.shutdown()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stopping.is_set():
+            log.warning(
+                "%s during shutdown: ignored, the shutdown is bounded and finishing "
+                "(SIGKILL ends it at once, losing what is not yet persisted)",
+                sig.name,
+            )
+            return
+        self.request_stop()
 
 
 # Every Route allocates a few dozen short-lived containers and keeps a few (its pending

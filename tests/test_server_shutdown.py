@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import grpc
+from google.protobuf import struct_pb2
 from grpc_fixtures import Sidecar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -50,3 +51,42 @@ def test_a_health_watcher_does_not_hold_the_shutdown_for_the_whole_grace(tmp_pat
             assert second.stub(channel).Track(track).query_id == query_id
     finally:
         assert second.terminate() == 0
+
+
+def test_a_second_sigterm_during_the_shutdown_does_not_cut_it_short(tmp_path: Path) -> None:
+    # The signal handlers were removed once the shutdown began, so a second SIGTERM (or a
+    # second Ctrl-C) killed the process mid-drain (exit -15): the 20 signals below were in
+    # the store, marked, but never learned, and their retries were duplicates.
+    url = f"sqlite:///{tmp_path / 'conduit.db'}"
+    server = Sidecar(["--store-url", url, "--sync-interval-s", "30"], tmp_path / "log")
+    try:
+        with server.channel() as channel:
+            stub = server.stub(channel)
+            for i in range(20):
+                query_id = stub.Route(pb.RouteRequest(text=f"query {i}")).query_id
+                stub.RecordFeedback(
+                    pb.RecordFeedbackRequest(
+                        query_id=query_id, signal_type="thumbs", payload=_thumbs_up()
+                    )
+                )
+        server.proc.terminate()
+        time.sleep(0.1)  # inside the 0.2 s health flip: the shutdown has begun
+        server.proc.terminate()
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    assert "SIGTERM during shutdown: ignored" in server.log()
+    second = Sidecar(["--store-url", url], tmp_path / "log2")
+    try:
+        with second.channel() as channel:
+            stats = second.stub(channel).GetStats(pb.GetStatsRequest())
+        assert dict(stats.feedback_counts) == {"thumbs": 20}
+        assert sum(m.weight_sum for m in stats.models) == 20.0  # every signal was learned
+    finally:
+        assert second.terminate() == 0
+
+
+def _thumbs_up() -> struct_pb2.Struct:
+    payload = struct_pb2.Struct()
+    payload.update({"value": "up"})
+    return payload
