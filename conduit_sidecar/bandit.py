@@ -197,6 +197,13 @@ class BanditPolicy:
         """Increases on every state change (update, reapply, merge, arm change)."""
         return self._policy.version
 
+    @property
+    def local_version(self) -> int:
+        """`version` without the steps of merged deltas: changes only with this process's own
+        changes (update, reapply, arm change), so a caller can tell whether `take_delta` has
+        anything new without taking it."""
+        return self._policy.local_version
+
     def select(self, features: Features, allowed: Sequence[str] | None = None) -> Selection:
         names = None if allowed is None else _arm_names(allowed, "allowed")
         try:
@@ -293,11 +300,17 @@ class BanditPolicy:
         """Additive statistics applied locally since the last call, then reset."""
         return self._policy.take_delta()
 
-    def merge_delta(self, delta: bytes) -> None:
-        """Add another replica's delta (it is not re-exported by ``take_delta``)."""
+    def merge_delta(self, delta: bytes, *, skip_unknown: bool = False) -> list[str]:
+        """Add another replica's delta (it is not re-exported by ``take_delta``).
+
+        Arms the delta has and this policy does not are added fresh, or with
+        ``skip_unknown`` left out (their statistics are not merged); returns the names left
+        out. The exact re-factorisation (O(d^3) per touched linear arm) runs without holding
+        the policy and with the GIL released, so other threads keep selecting and updating;
+        call it from a worker thread to keep an event loop answering meanwhile."""
         if not isinstance(delta, bytes | bytearray | memoryview):
             raise CoreError("delta: must be bytes")
-        self._policy.merge_delta(bytes(delta))
+        return self._policy.merge_delta(bytes(delta), skip_unknown=bool(skip_unknown))
 
     def arm_stats(self) -> dict[str, ArmStats]:
         return {name: ArmStats(w, r, n) for name, (w, r, n) in self._policy.arm_stats()}

@@ -33,7 +33,12 @@ pub struct Bandit {
     pub(crate) index: HashMap<String, usize>,
     pub(crate) rng: ChaCha8Rng,
     pub(crate) version: u64,
-    scratch: Vec<f64>,
+    /// Version steps that came from merged deltas (see [`Self::local_version`]).
+    pub(crate) merged_versions: u64,
+    /// Bumped by every change a merge in flight cannot replay (see `merge`).
+    pub(crate) merge_epoch: u64,
+    pub(crate) journal: Option<crate::merge::Journal>,
+    pub(crate) scratch: Vec<f64>,
     candidates: Vec<usize>,
 }
 
@@ -115,6 +120,9 @@ impl Bandit {
             index,
             rng,
             version: 0,
+            merged_versions: 0,
+            merge_epoch: 0,
+            journal: None,
             scratch: vec![0.0; dim],
             candidates: Vec::new(),
         }
@@ -126,6 +134,13 @@ impl Bandit {
 
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The version without the steps of merged deltas: it changes only with this process's
+    /// own changes (updates, re-applications, arm changes), so a caller can tell whether
+    /// there is anything new to take as a delta.
+    pub fn local_version(&self) -> u64 {
+        self.version - self.merged_versions
     }
 
     /// Arm names in insertion order.
@@ -156,6 +171,7 @@ impl Bandit {
         arm: &str,
     ) -> CoreResult<Option<&mut crate::linear::LinearStats>> {
         let i = self.arm_index(arm)?;
+        self.bump_merge_epoch();
         Ok(self.arms[i].linear.as_mut())
     }
 
@@ -185,6 +201,7 @@ impl Bandit {
         self.index.insert(name.to_owned(), self.arms.len());
         self.arms.push(arm);
         self.version += 1;
+        self.bump_merge_epoch();
         Ok(())
     }
 
@@ -203,6 +220,7 @@ impl Bandit {
             .map(|(i, a)| (a.name.clone(), i))
             .collect();
         self.version += 1;
+        self.bump_merge_epoch();
         Ok(())
     }
 
@@ -295,30 +313,46 @@ impl Bandit {
     }
 
     fn apply(&mut self, i: usize, x: &[f64], dw: f64, c: f64, new_obs: u64, discount: bool) {
-        let refactor_every = self.config.refactor_every;
-        // Linear arms model r − offset: Σ(w'r' − wr)·x − offset·Σ(w' − w)·x. Exact for
-        // updates and net deltas alike, since both are linear in (dw, c).
-        let c_linear = c - self.config.reward_offset * dw;
+        if self.journal.is_some() {
+            self.journal_op(i, x, dw, c, new_obs, discount);
+        }
         let gamma = self.config.discount;
-        if discount && gamma != 1.0 {
-            if self.config.kind.is_linear() {
-                self.arms[i].discount(gamma);
-            } else {
-                // Every scalar arm forgets, including the ones not played: a neglected
-                // arm's UCB1 bonus must grow back (and its Beta posterior widen) so that a
-                // model that improved while unplayed is found again. O(K) scalars.
-                for arm in &mut self.arms {
-                    arm.discount(gamma);
-                }
+        if discount && gamma != 1.0 && !self.config.kind.is_linear() {
+            // Every scalar arm forgets, including the ones not played: a neglected
+            // arm's UCB1 bonus must grow back (and its Beta posterior widen) so that a
+            // model that improved while unplayed is found again. O(K) scalars.
+            for arm in &mut self.arms {
+                arm.discount(gamma);
             }
         }
-        let arm = &mut self.arms[i];
+        let op = (x, dw, c, new_obs, discount);
+        Self::apply_to_arm(&self.config, &mut self.scratch, &mut self.arms[i], op);
+        self.version += 1;
+    }
+
+    /// One observation's change to one arm (for linear policies, all of it: they discount
+    /// only the observed arm). Also replays observations on an arm rebuilt by a merge.
+    /// `op` is `(x, dw, c, new_obs, discount)` as in [`Self::apply`].
+    pub(crate) fn apply_to_arm(
+        config: &PolicyConfig,
+        scratch: &mut [f64],
+        arm: &mut Arm,
+        op: (&[f64], f64, f64, u64, bool),
+    ) {
+        let (x, dw, c, new_obs, discount) = op;
+        let refactor_every = config.refactor_every;
+        // Linear arms model r − offset: Σ(w'r' − wr)·x − offset·Σ(w' − w)·x. Exact for
+        // updates and net deltas alike, since both are linear in (dw, c).
+        let c_linear = c - config.reward_offset * dw;
+        let gamma = config.discount;
+        if discount && gamma != 1.0 && config.kind.is_linear() {
+            arm.discount(gamma);
+        }
         arm.sums.add(dw, c, new_obs);
         arm.delta.add(dw, c, new_obs);
         if let Some(lin) = &mut arm.linear {
-            lin.apply(x, dw, c_linear, refactor_every, &mut self.scratch);
+            lin.apply(x, dw, c_linear, refactor_every, scratch);
         }
-        self.version += 1;
     }
 }
 

@@ -19,15 +19,16 @@ use crate::error::{CoreError, CoreResult};
 use crate::kernels::{packed_len, row_start};
 use crate::linalg::invert_spd_packed;
 use crate::linear::LinearStats;
+use crate::policy::PolicyConfig;
 
 const MAGIC: &[u8; 8] = b"CNDTDLTA";
 /// Version 2 added `reward_offset` after `dim`; version 1 deltas are read as offset 0.
 const FORMAT_VERSION: u16 = 2;
 
-struct ArmDelta {
-    name: String,
-    sums: ScalarSums,
-    linear: Option<(Vec<f64>, Vec<f64>)>,
+pub(crate) struct ArmDelta {
+    pub(crate) name: String,
+    pub(crate) sums: ScalarSums,
+    pub(crate) linear: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 impl Bandit {
@@ -43,6 +44,8 @@ impl Bandit {
         w.f64(self.config.reward_offset);
         // The scalar sums alone miss an arm whose re-applied rewards cancel in `Σ c` (or
         // whose weights cancel in `Σ dw`) while its vector or matrix part moved.
+        // A merge in flight cloned the delta bookkeeping this resets.
+        self.bump_merge_epoch();
         let touched: Vec<usize> = (0..self.arms.len())
             .filter(|&i| {
                 let arm = &mut self.arms[i];
@@ -73,96 +76,32 @@ impl Bandit {
         w.finish()
     }
 
-    fn parse_delta(&self, data: &[u8]) -> CoreResult<Vec<ArmDelta>> {
-        let mut r = Reader::open(data, MAGIC, "delta")?;
-        let format = r.u16()?;
-        if !(1..=FORMAT_VERSION).contains(&format) {
-            return Err(CoreError::corrupt(
-                "delta",
-                format!("format version {format} is not supported"),
-            ));
-        }
-        let linear = match r.u8()? {
-            0 => false,
-            1 => true,
-            _ => return Err(CoreError::corrupt("delta", "bad policy-family flag")),
-        };
-        if linear != self.config.kind.is_linear() {
-            return Err(CoreError::invalid(
-                "delta",
-                format!(
-                    "comes from a {} policy; this {} policy keeps {} statistics",
-                    if linear { "linear" } else { "non-linear" },
-                    self.config.kind.name(),
-                    if self.config.kind.is_linear() {
-                        "linear"
-                    } else {
-                        "scalar"
-                    }
-                ),
-            ));
-        }
-        let dim = r.u64()?;
-        if dim != self.config.dim as u64 {
-            return Err(CoreError::invalid(
-                "delta",
-                format!(
-                    "dimension {dim} does not match this policy's dimension {}",
-                    self.config.dim
-                ),
-            ));
-        }
-        let offset = if format >= 2 {
-            r.f64("reward_offset")?
-        } else {
-            0.0
-        };
-        // A linear delta's `Σ c·x` is centred on the sender's offset; adding it to statistics
-        // centred on another offset would silently bias every θ.
-        if linear && offset != self.config.reward_offset {
-            return Err(CoreError::invalid(
-                "delta",
-                format!(
-                    "reward_offset {offset} does not match this policy's reward_offset {}",
-                    self.config.reward_offset
-                ),
-            ));
-        }
-        let n = r.u32()? as usize;
-        let mut out: Vec<ArmDelta> = Vec::with_capacity(n.min(4096));
-        for _ in 0..n {
-            let name = r.str("arm")?;
-            check_arm_name(&name).map_err(|e| CoreError::corrupt("arm", e.to_string()))?;
-            if out.iter().any(|d| d.name == name) {
-                return Err(CoreError::corrupt("arm", format!("duplicate arm {name:?}")));
-            }
-            let sums = ScalarSums {
-                weight_sum: r.f64("weight_sum")?,
-                reward_sum: r.f64("reward_sum")?,
-                updates: r.u64()?,
-            };
-            let lin = if linear {
-                let d = self.config.dim;
-                Some((r.f64s(packed_len(d), "delta")?, r.f64s(d, "delta")?))
-            } else {
-                None
-            };
-            out.push(ArmDelta {
-                name,
-                sums,
-                linear: lin,
-            });
-        }
-        r.end()?;
-        Ok(out)
-    }
-
     /// Adds another replica's delta: arms unknown here are added fresh first, touched linear
     /// arms are re-factorised exactly. All or nothing: on any error nothing changes.
     pub fn merge_delta(&mut self, data: &[u8]) -> CoreResult<()> {
-        let deltas = self.parse_delta(data)?;
+        self.merge_delta_filtered(data, false).map(|_| ())
+    }
+
+    /// [`Self::merge_delta`], but with `skip_unknown` the arms this policy does not have are
+    /// left out (their statistics are not merged) instead of added; returns their names.
+    pub fn merge_delta_filtered(
+        &mut self,
+        data: &[u8],
+        skip_unknown: bool,
+    ) -> CoreResult<Vec<String>> {
+        let mut deltas = parse_delta(&self.config, data)?;
+        let mut skipped = Vec::new();
+        if skip_unknown {
+            deltas.retain(|d| {
+                let known = self.index.contains_key(&d.name);
+                if !known {
+                    skipped.push(d.name.clone());
+                }
+                known
+            });
+        }
         if deltas.is_empty() {
-            return Ok(());
+            return Ok(skipped);
         }
         // Build every merged arm aside, then commit, so a failure leaves the policy as it was.
         let mut staged: Vec<(Option<usize>, Arm)> = Vec::with_capacity(deltas.len());
@@ -189,8 +128,96 @@ impl Bandit {
             }
         }
         self.version += 1;
-        Ok(())
+        self.merged_versions += 1;
+        self.bump_merge_epoch();
+        Ok(skipped)
     }
+}
+
+/// Reads a delta, refusing one this policy's `config` cannot merge. Needs only the
+/// configuration, so a merge can parse before it takes the policy.
+pub(crate) fn parse_delta(config: &PolicyConfig, data: &[u8]) -> CoreResult<Vec<ArmDelta>> {
+    let mut r = Reader::open(data, MAGIC, "delta")?;
+    let format = r.u16()?;
+    if !(1..=FORMAT_VERSION).contains(&format) {
+        return Err(CoreError::corrupt(
+            "delta",
+            format!("format version {format} is not supported"),
+        ));
+    }
+    let linear = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(CoreError::corrupt("delta", "bad policy-family flag")),
+    };
+    if linear != config.kind.is_linear() {
+        return Err(CoreError::invalid(
+            "delta",
+            format!(
+                "comes from a {} policy; this {} policy keeps {} statistics",
+                if linear { "linear" } else { "non-linear" },
+                config.kind.name(),
+                if config.kind.is_linear() {
+                    "linear"
+                } else {
+                    "scalar"
+                }
+            ),
+        ));
+    }
+    let dim = r.u64()?;
+    if dim != config.dim as u64 {
+        return Err(CoreError::invalid(
+            "delta",
+            format!(
+                "dimension {dim} does not match this policy's dimension {}",
+                config.dim
+            ),
+        ));
+    }
+    let offset = if format >= 2 {
+        r.f64("reward_offset")?
+    } else {
+        0.0
+    };
+    // A linear delta's `Σ c·x` is centred on the sender's offset; adding it to statistics
+    // centred on another offset would silently bias every θ.
+    if linear && offset != config.reward_offset {
+        return Err(CoreError::invalid(
+            "delta",
+            format!(
+                "reward_offset {offset} does not match this policy's reward_offset {}",
+                config.reward_offset
+            ),
+        ));
+    }
+    let n = r.u32()? as usize;
+    let mut out: Vec<ArmDelta> = Vec::with_capacity(n.min(4096));
+    for _ in 0..n {
+        let name = r.str("arm")?;
+        check_arm_name(&name).map_err(|e| CoreError::corrupt("arm", e.to_string()))?;
+        if out.iter().any(|d| d.name == name) {
+            return Err(CoreError::corrupt("arm", format!("duplicate arm {name:?}")));
+        }
+        let sums = ScalarSums {
+            weight_sum: r.f64("weight_sum")?,
+            reward_sum: r.f64("reward_sum")?,
+            updates: r.u64()?,
+        };
+        let lin = if linear {
+            let d = config.dim;
+            Some((r.f64s(packed_len(d), "delta")?, r.f64s(d, "delta")?))
+        } else {
+            None
+        };
+        out.push(ArmDelta {
+            name,
+            sums,
+            linear: lin,
+        });
+    }
+    r.end()?;
+    Ok(out)
 }
 
 /// A linear arm's side of the exchange: what it applied locally since the last take, and

@@ -11,6 +11,7 @@ pub mod features;
 pub mod kernels;
 pub mod linalg;
 pub mod linear;
+pub mod merge;
 mod parallel;
 mod policies;
 pub mod policy;

@@ -20,6 +20,7 @@ use super::convert::{exact_float, new_selection, Features};
 use super::{detached, PyFeatureHasher};
 use crate::bandit::Bandit;
 use crate::error::CoreError as RustCoreError;
+use crate::merge::{merge_delta_shared, Shared};
 use crate::policy::{PolicyConfig, PolicyKind, Selection};
 
 mod route;
@@ -70,6 +71,21 @@ fn owned_names(bandit: &Bandit, sel: &Selection) -> (String, Vec<(String, f64)>)
 #[pyclass(name = "Policy", module = "conduit_sidecar._core", frozen)]
 pub struct PyPolicy {
     inner: Mutex<State>,
+    /// Held for a whole merge (never with `inner` waiting on it): one merge at a time, so
+    /// concurrent merges do not keep invalidating each other's work (see `merge`).
+    merging: Mutex<()>,
+}
+
+/// The policy as [`Shared`] for a merge: each short hold marks the cached arm names stale,
+/// since the merge may add arms.
+struct Merging<'a>(&'a PyPolicy);
+
+impl Shared for Merging<'_> {
+    fn with<R>(&self, f: impl FnOnce(&mut Bandit) -> R) -> R {
+        let mut state = self.0.lock();
+        state.names_stale = true;
+        f(&mut state.bandit)
+    }
 }
 
 impl PyPolicy {
@@ -80,6 +96,7 @@ impl PyPolicy {
                 names: Vec::new(),
                 names_stale: true,
             }),
+            merging: Mutex::new(()),
         }
     }
 
@@ -299,13 +316,21 @@ impl PyPolicy {
         Ok(PyBytes::new(py, &data))
     }
 
-    fn merge_delta(&self, py: Python<'_>, delta: &[u8]) -> PyResult<()> {
+    /// The exact re-factorisations run without holding the policy: `select`, `route` and
+    /// `update` from other threads go on meanwhile (see `crate::merge`).
+    /// With `skip_unknown` the delta's arms this policy does not have are left out instead
+    /// of added; returns their names.
+    #[pyo3(signature = (delta, *, skip_unknown=false))]
+    fn merge_delta(
+        &self,
+        py: Python<'_>,
+        delta: &[u8],
+        skip_unknown: bool,
+    ) -> PyResult<Vec<String>> {
         let delta = delta.to_vec();
         detached(py, || {
-            let mut state = self.lock();
-            // A delta may bring arms this replica has not seen.
-            state.names_stale = true;
-            state.bandit.merge_delta(&delta)
+            let _one_at_a_time = self.merging.lock().unwrap_or_else(|p| p.into_inner());
+            merge_delta_shared(&Merging(self), &delta, skip_unknown)
         })
     }
 
@@ -348,6 +373,15 @@ impl PyPolicy {
         match self.try_lock() {
             Some(state) => state.bandit.version(),
             None => detached(py, || Ok(self.lock().bandit.version())).unwrap_or_default(),
+        }
+    }
+
+    /// The version without the steps of merged deltas (changes only with local learning).
+    #[getter]
+    fn local_version(&self, py: Python<'_>) -> u64 {
+        match self.try_lock() {
+            Some(state) => state.bandit.local_version(),
+            None => detached(py, || Ok(self.lock().bandit.local_version())).unwrap_or_default(),
         }
     }
 
