@@ -1,7 +1,8 @@
 """Turning stored bytes into policies: restore a base, fold deltas, reconcile the catalogue.
 
-Pure, synchronous helpers (the synchronizer runs them in a worker thread when they may be
-long). Every policy here is private to its caller until it is swapped into the router.
+Pure, synchronous helpers (the synchronizer and compaction run them in the worker thread of
+`sync.worker`, since at a large feature dimension they take tens of milliseconds). Every
+policy here is private to its caller until it is swapped into the router.
 """
 
 from __future__ import annotations
@@ -110,16 +111,20 @@ def reconcile_arms(policy: BanditPolicy, catalogue: Sequence[str]) -> CatalogueC
     return change
 
 
-def merge_records(policy: BanditPolicy, records: Sequence[DeltaRecord]) -> int:
+def merge_records(
+    policy: BanditPolicy, records: Sequence[DeltaRecord], *, foreign: set[str] | None = None
+) -> int:
     """Adds every delta to `policy`; returns how many could not be read.
 
     A delta the core refuses (corrupt bytes, another policy family) is skipped with an error
     log naming it: one bad record must not stop every replica from ever syncing again.
+    With `foreign`, arms the policy does not have are left out instead of added (their
+    statistics are not merged here) and their names are added to `foreign`.
     """
     bad = 0
     for record in records:
         try:
-            policy.merge_delta(record.data)
+            unknown = policy.merge_delta(record.data, skip_unknown=foreign is not None)
         except CoreError as exc:
             bad += 1
             log.error(
@@ -128,6 +133,9 @@ def merge_records(policy: BanditPolicy, records: Sequence[DeltaRecord]) -> int:
                 record.replica_id,
                 exc,
             )
+            continue
+        if foreign is not None:
+            foreign.update(unknown)
     return bad
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -43,8 +44,10 @@ from conduit_sidecar.sync.state_store import (
     START,
     CompactionResult,
     DeltaGap,
+    DeltaRecord,
     PolicyStateStore,
 )
+from conduit_sidecar.sync.worker import off_loop
 
 if TYPE_CHECKING:
     from conduit_sidecar.router import Router
@@ -121,7 +124,9 @@ class PolicySynchronizer:
         self.status = SyncStatus(replica_id=self.replica_id)
         self._config = router.policy.config
         self._empty_delta = BanditPolicy(self._config, [router.models[0].id]).take_delta()
-        self._seen_version = router.policy.version
+        # Local learning already taken as a delta, as the policy's local_version (merges do
+        # not move it, so a merge finishing in the worker thread never hides an update).
+        self._seen_version = router.policy.local_version
         self._pending: bytes | None = None
         # The store's retry dedupe key is this prefix plus a sequence number. The prefix is
         # fresh per instance: a replica_id given by the caller survives a restart, and the
@@ -252,9 +257,9 @@ class PolicySynchronizer:
 
     async def _publish_one_locked(self) -> None:
         policy = self.router.policy
-        if self._pending is None and policy.version != self._seen_version:
+        if self._pending is None and policy.local_version != self._seen_version:
             delta = policy.take_delta()
-            self._seen_version = policy.version
+            self._seen_version = policy.local_version
             if delta != self._empty_delta:
                 self._pending = delta
                 self._publish_seq += 1
@@ -278,20 +283,28 @@ class PolicySynchronizer:
                 await self._rebuild_locked()
                 self.status.rebuilds += 1
                 return merged
-            policy = self.router.policy
-            dirty = policy.version != self._seen_version
-            foreign = [r for r in page if r.replica_id != self.replica_id]
-            skipped = merge_records(policy, foreign)
-            self._drop_foreign_arms(policy)
-            if not dirty:
-                self._seen_version = policy.version
-            if page:
-                self.status.cursor = page[-1].cursor
-            merged += len(foreign) - skipped
-            self.status.merged += len(foreign) - skipped
-            self.status.skipped += skipped
+            # In the worker thread, so Route keeps answering during the re-factorisations;
+            # off_loop waits for it even if this task is cancelled, so the merges and the
+            # cursor that records them always land together.
+            merged += await off_loop(self._merge_page, self.router.policy, page)
             if len(page) < PAGE_SIZE:
                 return merged
+
+    def _merge_page(self, policy: BanditPolicy, page: list[DeltaRecord]) -> int:
+        """Merges the page's deltas from other replicas into the live policy and moves the
+        cursor past it (worker thread). A model outside this sidecar's catalogue is left
+        out, never added: a Route meanwhile must not pick it (the base keeps its statistics)."""
+        records = [r for r in page if r.replica_id != self.replica_id]
+        unknown: set[str] = set()
+        skipped = merge_records(policy, records, foreign=unknown)
+        for arm in sorted(unknown - self.status.foreign_arms):
+            self.status.foreign_arms.add(arm)
+            log.info("model %r learned by another replica is not in this catalogue", arm)
+        if page:
+            self.status.cursor = page[-1].cursor
+        self.status.merged += len(records) - skipped
+        self.status.skipped += skipped
+        return len(records) - skipped
 
     def _drop_foreign_arms(self, policy: BanditPolicy) -> None:
         """merge_delta adds arms it does not know; a model outside this sidecar's catalogue
@@ -322,15 +335,15 @@ class PolicySynchronizer:
                     fresh.to_bytes(), meta, watermark=START, expected_watermark=None
                 )
                 continue  # load what won (ours or a concurrent replica's), then check it
-            candidate = await asyncio.to_thread(
-                load_base, base, self._config, where=where, reset_hint=hint
+            candidate = await off_loop(
+                functools.partial(load_base, where=where, reset_hint=hint), base, self._config
             )
             change = reconcile_arms(candidate, catalogue)
             cursor, merged, skipped = base.watermark, 0, 0
             try:
                 while True:
                     page = await self.store.read_deltas(cursor)
-                    bad = await asyncio.to_thread(merge_records, candidate, page)
+                    bad = await off_loop(merge_records, candidate, page)
                     merged, skipped = merged + len(page) - bad, skipped + bad
                     if page:
                         cursor = page[-1].cursor
@@ -350,7 +363,7 @@ class PolicySynchronizer:
 
     def _swap(self, candidate: BanditPolicy) -> None:
         old = self.router.policy
-        if old.version != self._seen_version:
+        if old.local_version != self._seen_version:
             # Learned between the publish at the start of the rebuild and now.
             local = old.take_delta()
             if local != self._empty_delta:
@@ -358,7 +371,7 @@ class PolicySynchronizer:
                 self._pending = local
                 self._publish_seq += 1
         self.router.policy = candidate
-        self._seen_version = candidate.version
+        self._seen_version = candidate.local_version
 
     async def _run(self) -> None:
         next_snapshot = time.monotonic() + self.snapshot_interval_s
