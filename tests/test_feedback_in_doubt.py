@@ -35,6 +35,8 @@ from conduit_sidecar.feedback import (
     builtin_adapters,
 )
 from conduit_sidecar.feedback.observation import observation
+from conduit_sidecar.feedback.stores import in_doubt
+from conduit_sidecar.feedback.stores.in_doubt import InDoubtWrites
 from tests.conftest import POSTGRES_URL, REDIS_URL, StoreFactory
 
 MODELS = ["a", "b"]
@@ -366,3 +368,14 @@ async def test_marks_stored_by_the_previous_version_are_read_and_stay_duplicates
     assert not rating.duplicate and _learned(router)[2] == 1
     pending = await store.get(decision.query_id)
     assert pending is not None and pending.accumulators.quality_den == 2.0
+
+
+def test_the_ledger_is_bounded_in_size_and_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = InDoubtWrites(limit=3)
+    for i in range(5):
+        ledger.add(f"attempt-{i}", f"q-{i}", "track", None)
+    assert [a for a, _ in ledger.oldest(10)] == ["attempt-2", "attempt-3", "attempt-4"]
+    ledger.postpone("attempt-2")
+    assert [a for a, _ in ledger.oldest(2)] == ["attempt-3", "attempt-4"]
+    monkeypatch.setattr(in_doubt, "MAX_DOUBT_AGE_S", 0.0)
+    assert ledger.oldest(10) == [] and len(ledger) == 0

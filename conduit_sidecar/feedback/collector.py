@@ -36,7 +36,12 @@ from conduit_sidecar.feedback.observation import (
     track_contribution,
 )
 from conduit_sidecar.feedback.stores.base import Applied, FeedbackStore, Mark, check_ttl
-from conduit_sidecar.feedback.stores.in_doubt import InDoubtWrites, attempt_id
+from conduit_sidecar.feedback.stores.in_doubt import (
+    Doubt,
+    InDoubtWrites,
+    attempt_id,
+    settle_doubts,
+)
 from conduit_sidecar.feedback.stores.keys import event_key, session_keys
 from conduit_sidecar.feedback.stores.memory import InMemoryFeedbackStore
 from conduit_sidecar.query import RoutingDecision, check_id
@@ -239,14 +244,17 @@ class FeedbackCollector:
         may still take effect, so the id is remembered (`in_doubt`); a later duplicate
         whose mark carries it is that write, and its delta is applied then, once.
         """
-        mark = Mark(mark.signal_type, mark.reward, mark.confidence, attempt=attempt_id())
+        if type(self.store) is not InMemoryFeedbackStore:  # its writes cannot fail half-way
+            mark = Mark(mark.signal_type, mark.reward, mark.confidence, attempt=attempt_id())
+        # Only when needed: a store written against the interface before `aliases` works.
+        extra: dict[str, Any] = {"aliases": aliases} if aliases else {}
         try:
-            applied = await self._store_apply(
-                query_id, key, contribution, mark, events, create, ttl_s, aliases
+            applied = await self.store.apply(
+                query_id, key, contribution, mark, events, create=create, ttl_s=ttl_s, **extra
             )
         except Unavailable:
-            assert mark.attempt is not None
-            self.in_doubt.add(mark.attempt, query_id, key, outcome)
+            if mark.attempt is not None:
+                self.in_doubt.add(mark.attempt, query_id, key, outcome)
             raise
         if self.in_doubt:
             if applied.duplicate:
@@ -255,39 +263,8 @@ class FeedbackCollector:
                     applied, doubt = claimed
                     outcome = doubt.outcome
             self._check_doubts_soon()
-        if outcome is not None and not applied.duplicate:
-            try:
-                self.router.record_outcome(applied.decision.selected_model, *outcome)
-            except ValueError as exc:  # model removed since the decision: stats only
-                logger.warning("outcome of query %s not counted: %s", query_id, exc)
+        self._count_outcome(applied, outcome)
         return applied, self._apply_policy(applied)
-
-    async def _store_apply(
-        self,
-        query_id: str,
-        key: str,
-        contribution: Contribution,
-        mark: Mark,
-        events: Sequence[FeedbackEvent],
-        create: RoutingDecision | None,
-        ttl_s: float | None,
-        aliases: Sequence[str],
-    ) -> Applied:
-        if aliases:
-            return await self.store.apply(
-                query_id,
-                key,
-                contribution,
-                mark,
-                events,
-                create=create,
-                ttl_s=ttl_s,
-                aliases=aliases,
-            )
-        # A store written against the interface before `aliases` also works here.
-        return await self.store.apply(
-            query_id, key, contribution, mark, events, create=create, ttl_s=ttl_s
-        )
 
     # Writes in doubt.
 
@@ -300,35 +277,23 @@ class FeedbackCollector:
             self._background(self.resolve_in_doubt())
 
     async def resolve_in_doubt(self, batch: int = 64) -> int:
-        """Reads the marks of up to `batch` of this process's writes in doubt and applies
-        the delta of each that took effect (the retry of one that reached another replica
-        answered a plain duplicate there). Returns how many were applied. A write with no
-        mark yet stays in doubt (it may still land) until MAX_DOUBT_AGE_S; one whose query
-        has expired, or whose key holds another write's mark, is forgotten. Stops quietly
-        while the store is unreachable."""
-        applied_count = 0
-        for attempt, doubt in self.in_doubt.oldest(batch):
-            try:
-                mark = await self.store.read_mark(doubt.query_id, doubt.key)
-                pending = None if mark is None else await self.store.get(doubt.query_id)
-            except Unavailable:
-                break
-            if mark is None or pending is None:
-                self.in_doubt.postpone(attempt)
-                continue
-            claimed = self.in_doubt.claim(pending.decision, mark)
-            if claimed is None:
-                self.in_doubt.forget(attempt)  # another write holds the key: not ours
-                continue
-            applied, settled = claimed
-            if settled.outcome is not None:
-                try:
-                    self.router.record_outcome(applied.decision.selected_model, *settled.outcome)
-                except ValueError as exc:
-                    logger.warning("outcome of query %s not counted: %s", doubt.query_id, exc)
-            self._apply_policy(applied)
-            applied_count += 1
-        return applied_count
+        """Looks up to `batch` of this process's writes in doubt up in the store and applies
+        the delta of each that took effect (a retry that reached another replica answered a
+        plain duplicate there); returns how many. Runs in the background after a write that
+        works; details in `stores/in_doubt.py`."""
+        return await settle_doubts(self.in_doubt, self.store, self._settle, batch)
+
+    def _settle(self, applied: Applied, doubt: Doubt) -> None:
+        self._count_outcome(applied, doubt.outcome)
+        self._apply_policy(applied)
+
+    def _count_outcome(self, applied: Applied, outcome: _Outcome | None) -> None:
+        if outcome is None or applied.duplicate:
+            return
+        try:
+            self.router.record_outcome(applied.decision.selected_model, *outcome)
+        except ValueError as exc:  # model removed since the decision: stats only
+            logger.warning("outcome of query %s not counted: %s", applied.decision.query_id, exc)
 
     @staticmethod
     def _result(query_id: str, applied: Applied, new: tuple[float, float] | None) -> FeedbackResult:

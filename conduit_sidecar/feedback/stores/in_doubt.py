@@ -19,9 +19,11 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from conduit_sidecar.feedback.stores.base import Applied, Mark
+from conduit_sidecar.errors import Unavailable
+from conduit_sidecar.feedback.stores.base import Applied, FeedbackStore, Mark
 from conduit_sidecar.query import RoutingDecision
 
 # Failed writes remembered at most (the oldest are forgotten first: their deltas are then
@@ -92,3 +94,36 @@ class InDoubtWrites:
         """Checked without an answer: to the back of the queue (keeps its age)."""
         if attempt in self._doubts:
             self._doubts.move_to_end(attempt)
+
+
+async def settle_doubts(
+    ledger: InDoubtWrites,
+    store: FeedbackStore,
+    apply: Callable[[Applied, Doubt], None],
+    batch: int,
+) -> int:
+    """Reads the marks of up to `batch` doubts (oldest first) and hands each write that took
+    effect to `apply` as the non-duplicate it was; returns how many. A doubt whose key has
+    no mark yet stays (the write may still land) until MAX_DOUBT_AGE_S; one whose query is
+    no longer pending, or whose key holds another write's mark, is forgotten. Stops at the
+    first Unavailable: the store is still down, and the doubts wait for the next pass."""
+    settled = 0
+    for attempt, doubt in ledger.oldest(batch):
+        try:
+            mark = await store.read_mark(doubt.query_id, doubt.key)
+            pending = await store.get(doubt.query_id)
+        except Unavailable:
+            break
+        if pending is None:
+            ledger.forget(attempt)  # expired (its marks with it): nothing left to learn
+            continue
+        if mark is None:
+            ledger.postpone(attempt)
+            continue
+        claimed = ledger.claim(pending.decision, mark)
+        if claimed is None:
+            ledger.forget(attempt)  # another write holds the key, or this one was claimed
+            continue
+        apply(*claimed)
+        settled += 1
+    return settled
