@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,21 +96,54 @@ def check_unicode(field_name: str, value: str) -> None:
 # json.dumps with any option builds a new encoder per call; this one is built once.
 _STRICT_JSON = json.JSONEncoder(allow_nan=False)
 
+# Deepest nesting of objects and arrays accepted in a payload or metadata. Python's JSON
+# encoder recurses once per level and hit the interpreter's recursion limit near 1000 levels
+# (RecursionError, not a ValueError naming the field); the stores encode again further down
+# the stack. 100 is far below that and far above what a gRPC request can carry (a Struct
+# stops near 35 levels under protobuf's own recursion limit).
+MAX_JSON_DEPTH = 100
+
 
 def check_json_object(field_name: str, value: object) -> dict[str, Any]:
-    """A mapping with string keys and finite numbers, as a new dict: the durable stores keep
-    it as JSON (a feedback payload, a decision's metadata), so every backend returns it."""
+    """A mapping with string keys and finite numbers, nested at most MAX_JSON_DEPTH levels,
+    as a new dict: the durable stores keep it as JSON (a feedback payload, a decision's
+    metadata), so every backend returns it."""
     if not isinstance(value, Mapping):
         raise InvalidArgument(field_name, f"must be a mapping, got {type(value).__name__}")
     obj = dict(value)
     for key in obj:
         if not isinstance(key, str):
             raise InvalidArgument(field_name, f"keys must be strings, got {key!r}")
+    too_deep = f"nested deeper than {MAX_JSON_DEPTH} levels"
     try:
-        _STRICT_JSON.encode(obj)
+        encoded = _STRICT_JSON.encode(obj)
+    except RecursionError:
+        raise InvalidArgument(field_name, too_deep) from None
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(field_name, f"must be JSON-serialisable and finite: {exc}") from None
+    # Every level takes at least two characters ("{}" or "[]"), so only a long encoding can
+    # be too deep: the usual small payload skips the walk.
+    if len(encoded) > 2 * MAX_JSON_DEPTH and _nesting_exceeds(obj, MAX_JSON_DEPTH):
+        raise InvalidArgument(field_name, too_deep)
     return obj
+
+
+def _nesting_exceeds(value: object, limit: int) -> bool:
+    """Whether objects/arrays in `value` nest deeper than `limit` (the top level is 1);
+    iterative, so a deep value cannot exhaust the stack here."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def new_query_id() -> str:

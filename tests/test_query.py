@@ -12,8 +12,17 @@ import uuid
 import pytest
 
 from conduit_sidecar.errors import InvalidArgument, NoEligibleModel
+from conduit_sidecar.feedback import FeedbackEvent
 from conduit_sidecar.models import EXPECTED_OUTPUT_TOKENS, ModelSpec
-from conduit_sidecar.query import Constraints, Query, RoutingDecision, check_id, new_query_id
+from conduit_sidecar.query import (
+    MAX_JSON_DEPTH,
+    Constraints,
+    Query,
+    RoutingDecision,
+    check_id,
+    check_json_object,
+    new_query_id,
+)
 from conduit_sidecar.reward import RewardWeights
 
 SPECS = {
@@ -187,3 +196,28 @@ def test_ids_every_store_can_key_by() -> None:
         with pytest.raises(InvalidArgument, match=message) as info:
             check_id("session_id", bad)
         assert info.value.field == "session_id"
+
+
+def nested(levels: int, container: str = "dict") -> dict[str, object]:
+    """A JSON object nested `levels` deep (the top level counts as 1)."""
+    inner: object = 1
+    for _ in range(levels - 1):
+        inner = {"a": inner} if container == "dict" else [inner]
+    return {"a": inner}
+
+
+@pytest.mark.parametrize("container", ["dict", "list"])
+def test_json_objects_nested_too_deeply_name_the_field(container: str) -> None:
+    assert check_json_object("payload", nested(MAX_JSON_DEPTH, container))
+    # 5000 levels: json's encoder raised RecursionError (no field named, not a ValueError),
+    # from the Python API's metadata and feedback payloads alike.
+    for levels in (MAX_JSON_DEPTH + 1, 5000):
+        with pytest.raises(InvalidArgument, match="nested deeper than") as info:
+            check_json_object("payload", nested(levels, container))
+        assert info.value.field == "payload"
+    event = FeedbackEvent("q1", "thumbs", {"value": "up", "thread": nested(5000, container)})
+    with pytest.raises(InvalidArgument) as info:
+        event.validate()
+    assert info.value.field == "payload"
+    wide = {f"k{i}": [nested(3)] * 3 for i in range(200)}  # long, but shallow
+    assert check_json_object("metadata", wide) == wide

@@ -20,6 +20,10 @@ CHEAP = ModelSpec("cheap", "test", 0.1, 0.4, 0.8, 0.5)
 MID = ModelSpec("mid", "test", 1.0, 4.0, 2.0, 0.7)
 STRONG = ModelSpec("strong", "test", 5.0, 25.0, 5.0, 0.9)
 
+DEEP: dict[str, object] = {"a": 1}  # metadata nested 5000 levels deep
+for _ in range(4999):
+    DEEP = {"a": DEEP}
+
 
 def three(policy: str = "linucb", **kwargs: object) -> Router:
     return Router([CHEAP, MID, STRONG], policy=policy, **kwargs)  # type: ignore[arg-type]
@@ -163,6 +167,7 @@ async def test_preference_and_explicit_weights_are_fixed_on_the_decision() -> No
         (Query(text="q", metadata={"score": math.nan}), "metadata"),
         (Query(text="q", metadata={1: "a"}), "metadata"),  # type: ignore[dict-item]
         (Query(text="q", metadata="tenant=a"), "metadata"),  # type: ignore[arg-type]
+        (Query(text="q", metadata=DEEP), "metadata"),  # was RecursionError
         # Ids feedback must be able to name later (FeedbackEvent / SessionFeedback refuse these).
         (Query(text="q", session_id=123), "session_id"),  # type: ignore[arg-type]
         (Query(text="q", session_id=" "), "session_id"),
