@@ -178,11 +178,27 @@ class AsyncConduitClient(_Base):
         tls: bool = False,
     ) -> None:
         super().__init__(target, token, timeout_s, max_attempts, backoff_s, root_certificates, tls)
-        if self._credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, self._credentials, CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
-        self._stub = _Stub(self._channel)
+        # Opened by the first call, in the event loop that makes it (see _bound).
+        self._channel: grpc.aio.Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stub: Any = None
+
+    def _bound(self) -> Any:
+        """The stub of a channel opened in the running event loop.
+
+        grpc.aio binds a channel to the loop current when it is created: a client made at
+        import time or in a synchronous factory (the usual application global) failed every
+        call with "attached to a different loop". A channel left in another loop (a second
+        asyncio.run) cannot be closed from this one and is dropped.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(self.target, self._credentials, CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.insecure_channel(self.target, CHANNEL_OPTIONS)
+            self._channel, self._loop, self._stub = channel, loop, _Stub(channel)
+        return self._stub
 
     async def __aenter__(self) -> AsyncConduitClient:
         return self
@@ -191,7 +207,9 @@ class AsyncConduitClient(_Base):
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._channel is not None and self._loop is asyncio.get_running_loop():
+            await self._channel.close()
+        self._channel = self._loop = self._stub = None
 
     async def _call(self, method: Any, request: Any, retry_on: tuple[Any, ...]) -> Any:
         deadline = time.monotonic() + self.timeout_s
@@ -210,7 +228,7 @@ class AsyncConduitClient(_Base):
         self, query: Query, *, include_features: bool = False, ttl_s: float | None = None
     ) -> RoutingDecision:
         request = route_request(query, include_features, ttl_s)
-        return decision_from(await self._call(self._stub.Route, request, ROUTE_RETRY), query)
+        return decision_from(await self._call(self._bound().Route, request, ROUTE_RETRY), query)
 
     async def track(
         self,
@@ -223,17 +241,17 @@ class AsyncConduitClient(_Base):
         ttl_seconds: float | None = None,
     ) -> None:
         request = track_request(decision, cost, latency, error, retries, ttl_seconds)
-        await self._call(self._stub.Track, request, SAFE_TO_RETRY)
+        await self._call(self._bound().Track, request, SAFE_TO_RETRY)
 
     async def record(self, event: FeedbackEvent) -> FeedbackResult:
         response = await self._call(
-            self._stub.RecordFeedback, feedback_request(event), SAFE_TO_RETRY
+            self._bound().RecordFeedback, feedback_request(event), SAFE_TO_RETRY
         )
         return result_from(response)
 
     async def record_session_feedback(self, feedback: SessionFeedback) -> list[FeedbackResult]:
         response = await self._call(
-            self._stub.RecordSessionFeedback, session_request(feedback), SAFE_TO_RETRY
+            self._bound().RecordSessionFeedback, session_request(feedback), SAFE_TO_RETRY
         )
         return [result_from(r) for r in response.results]
 
@@ -250,16 +268,16 @@ class AsyncConduitClient(_Base):
         request = update_request(
             model_id, cost, quality_score, latency, features, confidence, reward_weights
         )
-        response = await self._call(self._stub.Update, request, NOT_DELIVERED)
+        response = await self._call(self._bound().Update, request, NOT_DELIVERED)
         return float(response.reward)
 
     async def list_models(self) -> list[ModelSpec]:
         request = _pb.ListModelsRequest()
-        return models_from(await self._call(self._stub.ListModels, request, SAFE_TO_RETRY))
+        return models_from(await self._call(self._bound().ListModels, request, SAFE_TO_RETRY))
 
     async def get_stats(self) -> SidecarStats:
         request = _pb.GetStatsRequest()
-        return stats_from(await self._call(self._stub.GetStats, request, SAFE_TO_RETRY))
+        return stats_from(await self._call(self._bound().GetStats, request, SAFE_TO_RETRY))
 
 
 class ConduitClient(_Base):

@@ -3,6 +3,7 @@ the library's exceptions, and retries ride out a sidecar restart."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
 import threading
@@ -223,3 +224,17 @@ def test_a_call_the_server_cancelled_is_retried_when_a_retry_is_safe() -> None:
             assert servicer.calls["Update"] == 1
     finally:
         server.stop(None)
+
+
+def test_an_async_client_made_outside_an_event_loop_works_in_one(sidecar: Sidecar) -> None:
+    # Made at import time or in a synchronous factory (the usual application global), its
+    # channel was bound to another loop: every call failed with "attached to a different
+    # loop". A second asyncio.run (a new loop) works too.
+    client = AsyncConduitClient(sidecar.target)
+
+    async def use() -> int:
+        return len(await client.list_models())
+
+    assert asyncio.run(use()) >= 3
+    assert asyncio.run(use()) >= 3
+    asyncio.run(client.close())
