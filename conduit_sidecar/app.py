@@ -156,6 +156,10 @@ class SidecarApp:
                 raise Unavailable(
                     f"store_url: cannot reach {_redacted(config.store_url)}: {exc}"
                 ) from exc
+            if isinstance(exc, Unavailable) and not str(exc).startswith("store_url: "):
+                # The store's own refusal (SQLite: "file is not a database") names the path;
+                # say which setting it came from.
+                raise Unavailable(f"store_url: {exc}") from exc
             raise
         collector = FeedbackCollector(router, store=store)
         for adapter in builtin_adapters():

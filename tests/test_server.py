@@ -373,6 +373,16 @@ def test_an_unreachable_store_at_startup_exits_1_without_leaking_secrets(url: st
     assert ":pw@" not in result.stderr
 
 
+def test_a_file_that_is_not_a_database_is_named_at_startup(tmp_path: Path) -> None:
+    # The store's refusal named the path but not the setting it came from.
+    path = tmp_path / "conduit.db"
+    path.write_bytes(b"not a database, " * 512)
+    result = serve_once("127.0.0.1:0", "--store-url", f"sqlite:///{path}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("conduit-sidecar: store_url: "), result.stderr
+    assert "file is not a database" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     "url",
     [
