@@ -9,7 +9,9 @@
 `conduit_sidecar.errors` (InvalidArgument, NotFound, ...), so code written against the embedded
 library works unchanged against the sidecar.
 
-Retries (with exponential backoff, within each call's timeout) are limited to what is safe:
+Retries (with jittered exponential backoff capped at MAX_BACKOFF_S, within each call's
+timeout; the channel also tries to reconnect at least every MAX_BACKOFF_S, so a restarted
+sidecar is found within about a second) are limited to what is safe:
 - Track, RecordFeedback, RecordSessionFeedback, ListModels, GetStats retry on UNAVAILABLE,
   DEADLINE_EXCEEDED and CANCELLED (a sidecar that was stopping). Feedback is idempotent: an
   event without an explicit key is identified by (query_id, signal_type) on the server, so a
