@@ -10,7 +10,12 @@ sequential process would (ARCHITECTURE "Observation bookkeeping").
 Idempotency: without an explicit `idempotency_key`, an event is identified by its
 `(query_id, signal_type)` - one reaction per signal type per query - so a second thumbs for
 a query is a duplicate of the first even if its value differs. A duplicate returns the first
-result with `duplicate=True`.
+result with `duplicate=True`. Mark keys: `stores/keys.py`.
+
+A write that failed with Unavailable may have taken effect anyway (a Redis script run after
+the client's timeout, a PostgreSQL commit whose acknowledgement was lost). Its retry then
+finds its mark; it applies the delta the policy never received (once) and answers
+`duplicate=False`, as the call that made the signal count (`stores/in_doubt.py`).
 """
 
 from __future__ import annotations
