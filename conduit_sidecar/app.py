@@ -243,6 +243,10 @@ async def _bounded_close(closing: Awaitable[None], what: str) -> None:
             what,
             STORE_CLOSE_TIMEOUT_S,
         )
+    except Exception:
+        # The policy state store closes first: its failure must not keep the feedback
+        # store from flushing its buffered decisions, nor turn a shutdown into a traceback.
+        log.exception("closing %s failed", what)
 
 
 def _malformed(url: str, exc: ValueError) -> ConfigError:

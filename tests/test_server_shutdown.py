@@ -3,15 +3,21 @@ connected (a health watcher) does to the drain."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf import struct_pb2
 from grpc_fixtures import Sidecar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conduit_sidecar._proto import conduit_pb2 as pb
+from conduit_sidecar.app import SidecarApp
+from conduit_sidecar.config import SidecarConfig
+from conduit_sidecar.feedback import SqliteFeedbackStore
+from conduit_sidecar.query import Query
 from conduit_sidecar.server import SERVICE_NAME
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -90,3 +96,30 @@ def _thumbs_up() -> struct_pb2.Struct:
     payload = struct_pb2.Struct()
     payload.update({"value": "up"})
     return payload
+
+
+async def test_a_policy_store_that_fails_to_close_does_not_stop_the_shutdown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The failure is injected (a real SQLite close cannot be made to fail on demand): the
+    # policy state store's close raised out of SidecarApp.close, so the feedback store was
+    # never closed (its buffered decisions not flushed) and serve ended in a traceback.
+    path = tmp_path / "conduit.db"
+    config = SidecarConfig(listen="127.0.0.1:0", store_url=f"sqlite:///{path}").validate()
+    app = await SidecarApp.create(config)
+    assert app.synchronizer is not None
+
+    async def failing_close() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    app.synchronizer.store.close = failing_close  # type: ignore[method-assign]
+    decision = app.router.decide(Query(text="routed just before SIGTERM"))
+    await app.collector.log_decision(decision)
+    await app.close()  # raised OperationalError
+    assert "closing the policy state store failed" in caplog.text
+    store = SqliteFeedbackStore(path)
+    await store.initialize()
+    try:
+        assert await store.get(decision.query_id) is not None
+    finally:
+        await store.close()
