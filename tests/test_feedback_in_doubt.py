@@ -116,9 +116,10 @@ def _learned(router: Router) -> tuple[float, float, int]:
 @pytest.fixture
 async def redis_stalling() -> AsyncIterator[tuple[RedisFeedbackStore, Redis]]:
     prefix = f"conduit-test-{uuid.uuid4().hex[:12]}:"
-    # The store's command timeout, shortened so a 0.6 s stall outlasts it.
-    store = RedisFeedbackStore(Redis.from_url(REDIS_URL, socket_timeout=0.2), prefix=prefix)
+    # The store's command timeout, shortened so a 1 s stall outlasts it.
+    store = RedisFeedbackStore(Redis.from_url(REDIS_URL, socket_timeout=0.3), prefix=prefix)
     admin = Redis.from_url(REDIS_URL)
+    await admin.ping()  # connected: its busy script goes out at once when sent
     try:
         yield store, admin
     finally:
@@ -135,7 +136,7 @@ async def postgres_dropping() -> AsyncIterator[tuple[PostgresFeedbackStore, Comm
     relay = CommitReplyDropper(url.hostname or "127.0.0.1", url.port or 5432)
     relayed = url._replace(netloc=f"{url.username}@127.0.0.1:{relay.port}").geturl()
     schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
-    store = PostgresFeedbackStore(relayed, schema=schema, command_timeout_s=0.5)
+    store = PostgresFeedbackStore(relayed, schema=schema, command_timeout_s=1.0)
     try:
         yield store, relay
     finally:
@@ -149,7 +150,7 @@ async def postgres_dropping() -> AsyncIterator[tuple[PostgresFeedbackStore, Comm
 
 
 async def _stall_redis(admin: Redis) -> asyncio.Future[object]:
-    busy = asyncio.ensure_future(admin.eval(BUSY_SCRIPT, 0, 600_000))  # type: ignore[misc]
+    busy = asyncio.ensure_future(admin.eval(BUSY_SCRIPT, 0, 1_000_000))  # type: ignore[misc]
     await asyncio.sleep(0.05)  # sent first: the server is in the script from here on
     return busy
 
