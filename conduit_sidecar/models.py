@@ -50,6 +50,10 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
             raise InvalidArgument("model.id", f"must be a non-empty string, got {self.id!r}")
+        if "\x00" in self.id:
+            # PostgreSQL text and jsonb cannot hold NUL: the policy snapshot's metadata (which
+            # lists the models) failed to save there, so compaction never succeeded.
+            raise InvalidArgument("model.id", "must not contain NUL characters")
         try:
             id_bytes = len(self.id.encode())
         except UnicodeEncodeError as exc:  # a lone surrogate (JSON "\udcff" reads as one)

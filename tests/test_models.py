@@ -78,6 +78,8 @@ def test_token_and_cost_estimates() -> None:
         # Refused by the policy before, as "policy: arms: ...", naming no model.
         ({"id": "m\udcff"}, "model.id"),
         ({"id": "é" * 513}, "model.id"),  # 1026 bytes in UTF-8
+        # PostgreSQL's jsonb refused the snapshot metadata listing it (compaction failed).
+        ({"id": "a\x00b"}, "model.id"),
         ({"input_usd_per_mtok": -1.0}, "m.input_usd_per_mtok"),
         ({"output_usd_per_mtok": math.nan}, "m.output_usd_per_mtok"),
         ({"expected_latency_s": math.inf}, "m.expected_latency_s"),

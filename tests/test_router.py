@@ -84,6 +84,7 @@ def test_policy_config_and_weights_are_configurable() -> None:
         (([3],), {}, "models"),
         ((["a", "b\udcff"],), {}, "models"),  # was "policy"
         ((["m" * 1025],), {}, "models"),  # was "policy"
+        ((["a\x00b"],), {}, "models"),  # was accepted, then broke PostgreSQL snapshots
         (([CHEAP],), {"policy": "greedy"}, "policy"),
         (([CHEAP],), {"feature_dim": 0}, "feature_dim"),
         (([CHEAP],), {"feature_dim": 2.5}, "feature_dim"),
