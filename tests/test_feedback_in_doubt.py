@@ -279,6 +279,24 @@ async def test_writes_in_doubt_are_settled_after_the_next_write_that_works(
     assert _learned(router)[2] == 2
 
 
+async def test_a_route_settles_writes_in_doubt_too(
+    redis_stalling: tuple[RedisFeedbackStore, Redis],
+) -> None:
+    store, admin = redis_stalling
+    router = Router(models=MODELS, feature_dim=16)
+    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
+    decision = await router.route(Query(text="stalled"))
+    await collector.track(decision)
+    busy = await _stall_redis(admin)
+    with pytest.raises(Unavailable):
+        await collector.record(FeedbackEvent(decision.query_id, "rating", {"rating": 5}))
+    await busy
+    # Only Routes after the stall (the sidecar logs each decision): they settle it.
+    await collector.log_decision(await router.route(Query(text="next")))
+    assert await collector.settle(5.0) == 0
+    assert len(collector.in_doubt) == 0 and _learned(router)[2] == 1
+
+
 async def test_a_write_that_never_reached_the_store_stays_unapplied(
     redis_stalling: tuple[RedisFeedbackStore, Redis],
 ) -> None:
@@ -304,6 +322,7 @@ async def test_a_write_that_never_reached_the_store_stays_unapplied(
     assert not result.duplicate and _learned(router)[2] == 1
     assert await offline.resolve_in_doubt() == 0
     assert len(offline.in_doubt) == 0  # the key holds the retry's mark: forgotten
+    assert await offline.settle(5.0) == 0  # the check the retry started in the background
     assert _learned(router)[2] == 1
 
 

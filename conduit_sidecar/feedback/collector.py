@@ -325,6 +325,8 @@ class FeedbackCollector:
             raise InvalidArgument("decision", f"must be a RoutingDecision, got {decision!r}")
         ttl = self.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
         await self.store.log_decision(decision, ttl)
+        if self.in_doubt:  # the store answers again: Routes settle doubts too
+            self._check_doubts_soon()
 
     async def track(
         self,
