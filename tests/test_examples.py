@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from grpc_fixtures import Sidecar, sidecar
 
+from conduit_sidecar import Query
 from conduit_sidecar.client import ConduitClient
 from conduit_sidecar.feedback import FeedbackEvent
 from tests.conftest import StoreFactory
@@ -150,7 +152,7 @@ async def test_sidecar_doc_client_example_runs_against_a_sidecar(sidecar: Sideca
     """docs/SIDECAR.md's Python client example, as written, against a real sidecar (only the
     address is the test's). Its statements are top-level awaits, so they run as the body
     of a coroutine."""
-    (block,) = python_blocks(ROOT / "docs" / "SIDECAR.md")
+    block = python_blocks(ROOT / "docs" / "SIDECAR.md")[0]
     assert '"127.0.0.1:50051"' in block
     imports, _, body = block.replace('"127.0.0.1:50051"', repr(sidecar.target)).partition("\n\n")
     body = textwrap.indent(body + "return decision\n", "    ")
@@ -161,3 +163,36 @@ async def test_sidecar_doc_client_example_runs_against_a_sidecar(sidecar: Sideca
     with ConduitClient(sidecar.target) as client:  # the example's thumbs-up reached the sidecar
         again = client.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
     assert again.duplicate and again.reward == 1.0
+
+
+def test_sidecar_doc_custom_adapter_script_serves_the_adapter(tmp_path: Path) -> None:
+    """docs/SIDECAR.md's "Custom adapters" script, as written, runs a sidecar whose clients
+    can record the custom signal type, and stops cleanly on SIGTERM."""
+    blocks = python_blocks(ROOT / "docs" / "SIDECAR.md")
+    (script,) = [b for b in blocks if "class ConversionAdapter" in b]
+    path = tmp_path / "my_sidecar.py"
+    path.write_text(script, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+    env.update(PYTHONPATH=str(ROOT), CONDUIT_LISTEN="127.0.0.1:0", CONDUIT_STORE_URL="memory://")
+    with subprocess.Popen(
+        [sys.executable, str(path)], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    ) as proc:  # closes its stdout on the way out
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # the script's first output, once it serves
+            match = re.fullmatch(r"serving on port (\d+)\n", line)
+            assert match, line
+            with ConduitClient(f"127.0.0.1:{match.group(1)}") as client:
+                decision = client.route(Query(text="Which plan should I buy?"))
+                client.track(decision, cost=0.001, latency=0.5)
+                result = client.record(
+                    FeedbackEvent(decision.query_id, "conversion", {"converted": False})
+                )
+            assert (result.signal_type, result.reward) == ("conversion", 0.3)
+            assert not result.duplicate
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
