@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from grpc_fixtures import Sidecar, sidecar
 
-from conduit_sidecar import Query
+from conduit_sidecar import Query, Router
 from conduit_sidecar.client import ConduitClient
 from conduit_sidecar.feedback import FeedbackEvent
 from tests.conftest import StoreFactory
@@ -196,3 +196,17 @@ def test_sidecar_doc_custom_adapter_script_serves_the_adapter(tmp_path: Path) ->
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+def test_readme_python_example_runs(tmp_path: Path) -> None:
+    (script,) = python_blocks(ROOT / "README.md")
+    path = tmp_path / "readme_example.py"
+    path.write_text(script, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=90, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    model, reward = done.stdout.split()
+    assert model in {spec.id for spec in Router().models}
+    assert reward == "1.0"
