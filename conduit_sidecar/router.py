@@ -36,6 +36,7 @@ from conduit_sidecar.query import (
 from conduit_sidecar.reward import (
     PRESETS,
     RewardWeights,
+    as_number,
     check_non_negative,
     check_unit,
     compose_reward,
@@ -340,7 +341,11 @@ class Router:
         `model_id` was last added: its observation, or the one being replaced, was never
         part of the current arm."""
         self.model(model_id)
-        if routed_at is not None and routed_at < self._added_at.get(model_id, -math.inf):
+        # A number: a RoutingDecision built by hand can hold anything, and a TypeError here
+        # escaped the collector after the store had kept the signal.
+        if routed_at is not None and as_number("routed_at", routed_at) < self._added_at.get(
+            model_id, -math.inf
+        ):
             raise InvalidArgument(
                 "model_id",
                 f"{model_id!r} was added again after this query was routed; "

@@ -425,6 +425,8 @@ async def test_apply_observation_nets_out_to_the_final_observation() -> None:
         ("mid", None, None, (0.5,), "new"),
         ("mid", None, (math.nan, 1.0), (0.5, 1.0), "old.reward"),
         ("mid", None, (0.5, 1.0), (0.5, 0.5), "new"),
+        # The decision's created_at, from a RoutingDecision built by hand (was TypeError).
+        ("mid", None, None, (0.5, 1.0), "routed_at"),
     ],
 )
 async def test_bad_observation_changes_nothing(
@@ -438,8 +440,15 @@ async def test_bad_observation_changes_nothing(
     x = (await router.route(Query(text="hi"))).features
     router.apply_observation("mid", x, None, (0.5, 0.5))
     version, stats = router.policy.version, router.stats()
+    routed_at = "yesterday" if field == "routed_at" else None
     with pytest.raises(InvalidArgument) as info:
-        router.apply_observation(model_id, x if features is None else features, old, new)
+        router.apply_observation(
+            model_id,
+            x if features is None else features,
+            old,
+            new,
+            routed_at=routed_at,  # type: ignore[arg-type]
+        )
     assert info.value.field == field
     assert router.policy.version == version
     assert router.stats() == stats
