@@ -1,11 +1,13 @@
 """A PostgreSQL outage under a running feedback store logs one clear warning, not a traceback
 every second or two (asyncpg's pool retries its connection floor in the background and logged
-each failure with its traceback)."""
+each failure with its traceback), and one line when calls work again."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
 import time
 import uuid
 from urllib.parse import urlsplit
@@ -16,20 +18,65 @@ import pytest
 from conduit_sidecar import Query, Router
 from conduit_sidecar.errors import Unavailable
 from conduit_sidecar.feedback import FeedbackCollector, PostgresFeedbackStore
-from conduit_sidecar.feedback.stores import postgres_pool
+from conduit_sidecar.feedback.stores.postgres_pool import FLOOR_FILTER
 from tests.conftest import POSTGRES_URL
-from tests.net_relay import FreezableRelay
+
+
+class SwitchableRelay:
+    """A TCP relay to the real server that can be cut (open connections drop, new ones are
+    closed as soon as they are accepted) and restored, without stopping the shared server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.down = threading.Event()
+        self.live: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                if self.down.is_set():
+                    client.close()
+                    continue
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.live += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+
+    def cut(self) -> None:
+        self.down.set()
+        live, self.live = self.live, []
+        for sock in live:
+            sock.close()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
 
 
 async def test_an_outage_logs_one_warning_without_tracebacks(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     url = urlsplit(POSTGRES_URL)
-    relay = FreezableRelay(url.hostname or "127.0.0.1", url.port or 5432)
+    relay = SwitchableRelay(url.hostname or "127.0.0.1", url.port or 5432)
     relayed = url._replace(netloc=f"{url.username}@127.0.0.1:{relay.port}").geturl()
     schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
     store = PostgresFeedbackStore(
-        relayed, schema=schema, min_pool_size=2, connect_timeout_s=0.5, command_timeout_s=0.5
+        relayed, schema=schema, min_pool_size=2, connect_timeout_s=1.0, command_timeout_s=1.0
     )
     router = Router(models=["a", "b"], feature_dim=16)
     collector = FeedbackCollector(router, store)
@@ -38,8 +85,8 @@ async def test_an_outage_logs_one_warning_without_tracebacks(
         await collector.log_decision(await router.route(Query(text="before")))
         caplog.set_level(logging.DEBUG)
         # An earlier outage test in this process may have warned less than 30 s ago.
-        postgres_pool._FILTER.reset()
-        relay.close()  # the server is gone: connections drop, new ones are refused
+        FLOOR_FILTER.reset()
+        relay.cut()  # the server is gone: connections drop, new ones fail
         began = time.monotonic()
         failures = 0
         while time.monotonic() - began < 3.5:  # long enough for several pool retries
@@ -47,9 +94,20 @@ async def test_an_outage_logs_one_warning_without_tracebacks(
                 await collector.log_decision(await router.route(Query(text="during")))
             failures += 1
             await asyncio.sleep(0.25)
-        assert failures >= 10
+        assert failures >= 8
+        relay.down.clear()  # back: the next calls work without restarting anything
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                await collector.log_decision(await router.route(Query(text="after")))
+                break
+            except Unavailable:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        await collector.log_decision(await router.route(Query(text="after again")))
     finally:
         await store.close()
+        relay.close()
         conn = await asyncpg.connect(POSTGRES_URL)
         try:
             await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -57,8 +115,10 @@ async def test_an_outage_logs_one_warning_without_tracebacks(
             await conn.close()
     tracebacks = [r for r in caplog.records if r.exc_info or r.exc_text]
     assert tracebacks == []
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1, [r.getMessage() for r in warnings]
-    message = warnings[0].getMessage()
-    assert "PostgreSQL" in message and "unreachable" in message
-    assert warnings[0].name == "conduit_sidecar.feedback.stores.postgres_pool"
+    ours = [r for r in caplog.records if r.name == "conduit_sidecar.feedback.stores.postgres_pool"]
+    assert [r.levelno for r in ours] == [logging.WARNING, logging.INFO], [
+        r.getMessage() for r in ours
+    ]
+    assert "PostgreSQL unreachable" in ours[0].getMessage()
+    assert "PostgreSQL reachable again" in ours[1].getMessage()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == ours[:1]

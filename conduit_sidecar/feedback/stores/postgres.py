@@ -37,7 +37,7 @@ from conduit_sidecar.feedback.stores.base import (
     not_found,
     recorded,
 )
-from conduit_sidecar.feedback.stores.postgres_pool import quiet_floor_retries
+from conduit_sidecar.feedback.stores.postgres_pool import FLOOR_FILTER, quiet_floor_retries
 from conduit_sidecar.query import RoutingDecision
 
 T = TypeVar("T")
@@ -148,7 +148,7 @@ class PostgresFeedbackStore(FeedbackStore):
         import asyncpg
 
         try:
-            return await fn()
+            result = await fn()
         except ConduitError:
             raise
         except (
@@ -163,6 +163,9 @@ class PostgresFeedbackStore(FeedbackStore):
             raise Unavailable(
                 f"PostgreSQL feedback store unreachable at {self._safe_url()} ({what}): {exc}"
             ) from exc
+        if FLOOR_FILTER.outage:  # the pool's reconnects failed, and now a call worked
+            FLOOR_FILTER.recovered()
+        return result
 
     async def initialize(self) -> None:
         """Create the connection pool and the tables (idempotent)."""

@@ -29,6 +29,7 @@ class _FloorRetryFilter(logging.Filter):
         self._lock = threading.Lock()
         self._warned_at = -FLOOR_WARNING_INTERVAL_S
         self._suppressed = 0
+        self.outage = False  # a reconnect failed since the last call that worked
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not isinstance(record.msg, str) or not record.msg.startswith(_FLOOR_MESSAGE):
@@ -37,13 +38,14 @@ class _FloorRetryFilter(logging.Filter):
         cause = "unknown error" if exc is None else f"{type(exc).__name__}: {exc}".rstrip(": ")
         now = time.monotonic()
         with self._lock:
+            self.outage = True
             if now - self._warned_at < FLOOR_WARNING_INTERVAL_S:
                 self._suppressed += 1
                 return False
             self._warned_at = now
             suppressed, self._suppressed = self._suppressed, 0
         log.warning(
-            "PostgreSQL feedback store unreachable: its connection pool cannot reconnect (%s);"
+            "PostgreSQL unreachable: a connection pool of the feedback store cannot reconnect (%s);"
             " asyncpg retries in the background and store calls fail with UNAVAILABLE"
             " meanwhile%s. Repeated at most every %.0f s while it lasts",
             cause,
@@ -52,18 +54,35 @@ class _FloorRetryFilter(logging.Filter):
         )
         return False
 
-    def reset(self) -> None:
-        """Forget the last warning (tests that each cause an outage)."""
+    def recovered(self) -> None:
+        """A store call worked after failed reconnects: say so once, and let the next
+        outage warn at once."""
         with self._lock:
-            self._warned_at = -FLOOR_WARNING_INTERVAL_S
-            self._suppressed = 0
+            if not self.outage:
+                return
+            suppressed = self._suppressed
+            self.reset_locked()
+        log.info(
+            "PostgreSQL reachable again: the feedback store's calls work%s",
+            f" ({suppressed} failed reconnects since the last warning)" if suppressed else "",
+        )
+
+    def reset(self) -> None:
+        """Forget the outage and the last warning (also for tests that each cause one)."""
+        with self._lock:
+            self.reset_locked()
+
+    def reset_locked(self) -> None:
+        self._warned_at = -FLOOR_WARNING_INTERVAL_S
+        self._suppressed = 0
+        self.outage = False
 
 
-_FILTER = _FloorRetryFilter()
+FLOOR_FILTER = _FloorRetryFilter()
 
 
 def quiet_floor_retries() -> None:
     """Install the filter on asyncpg's pool logger (idempotent)."""
     pool_log = logging.getLogger("asyncpg.pool")
-    if _FILTER not in pool_log.filters:
-        pool_log.addFilter(_FILTER)
+    if FLOOR_FILTER not in pool_log.filters:
+        pool_log.addFilter(FLOOR_FILTER)
