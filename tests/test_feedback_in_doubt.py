@@ -16,6 +16,7 @@ import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -399,3 +400,15 @@ def test_the_ledger_is_bounded_in_size_and_age(monkeypatch: pytest.MonkeyPatch) 
     assert [a for a, _ in ledger.oldest(2)] == ["attempt-3", "attempt-4"]
     monkeypatch.setattr(in_doubt, "MAX_DOUBT_AGE_S", 0.0)
     assert ledger.oldest(10) == [] and len(ledger) == 0
+
+
+async def test_a_failed_sqlite_write_is_not_in_doubt(tmp_path: Path) -> None:
+    # SQLite's group commit stores nothing of a batch that failed: no doubt to settle.
+    (tmp_path / "feedback.db").mkdir()  # a directory where the database file should be
+    store = SqliteFeedbackStore(tmp_path / "feedback.db")
+    router = Router(models=MODELS, feature_dim=16)
+    collector = FeedbackCollector(router, store)
+    with pytest.raises(Unavailable):
+        await collector.track(await router.route(Query(text="nowhere")))
+    assert len(collector.in_doubt) == 0
+    await store.close()

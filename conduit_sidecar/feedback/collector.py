@@ -249,7 +249,7 @@ class FeedbackCollector:
         may still take effect, so the id is remembered (`in_doubt`); a later duplicate
         whose mark carries it is that write, and its delta is applied then, once.
         """
-        if type(self.store) is not InMemoryFeedbackStore:  # its writes cannot fail half-way
+        if self.store.failures_in_doubt:
             mark = Mark(mark.signal_type, mark.reward, mark.confidence, attempt=attempt_id())
         # Only when needed: a store written against the interface before `aliases` works.
         extra: dict[str, Any] = {"aliases": aliases} if aliases else {}

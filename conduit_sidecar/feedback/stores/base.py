@@ -118,6 +118,11 @@ class FeedbackStore(ABC):
     """Async storage for pending queries, idempotency marks, sessions and the feedback log."""
 
     ttl_seconds: float = DEFAULT_TTL_SECONDS
+    # Whether a write that raised Unavailable may still have taken effect (a Redis script
+    # run after the client's timeout, a commit whose acknowledgement was lost). The
+    # collector then tracks it as in doubt (stores/in_doubt.py). The in-memory store cannot
+    # fail half-way, and SQLite's group commit stores nothing of a batch that failed.
+    failures_in_doubt: bool = True
 
     async def initialize(self) -> None:  # noqa: B027 - optional hook, most backends need none
         """Create tables or scripts if the backend needs them; idempotent."""

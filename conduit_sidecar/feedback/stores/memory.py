@@ -52,6 +52,8 @@ class _Entry:
 class InMemoryFeedbackStore(FeedbackStore):
     """Pending queries in a dict, at most `max_pending` of them (oldest evicted first)."""
 
+    failures_in_doubt = False  # see FeedbackStore
+
     def __init__(
         self,
         max_pending: int = 100_000,

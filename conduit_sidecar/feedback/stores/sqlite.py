@@ -134,6 +134,8 @@ class SqliteFeedbackStore(FeedbackStore):
     `writer.commits` counts the transactions committed (one per group).
     """
 
+    failures_in_doubt = False  # see FeedbackStore
+
     def __init__(
         self,
         path: str | Path,
