@@ -5,8 +5,8 @@ The policy never received that write's delta, and the client's retry finds the w
 The retry must then apply the delta once (not answer a bare duplicate and lose the signal),
 and a retry of a write that WAS applied must stay a plain duplicate. Both stalls are real:
 Redis busy with a slow script on another connection (it runs the timed-out script when it
-gets to it), and PostgreSQL behind a TCP relay that lets a COMMIT through and drops the
-server's reply.
+gets to it; a private redis-server, so the stall reaches no other test), and PostgreSQL
+behind a TCP relay that lets a COMMIT through and drops the server's reply.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import asyncio
 import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
+from sync_cluster import PrivateRedis
 
 from conduit_sidecar import Query, Router
 from conduit_sidecar.errors import Unavailable
@@ -38,7 +39,7 @@ from conduit_sidecar.feedback import (
 from conduit_sidecar.feedback.observation import observation
 from conduit_sidecar.feedback.stores import in_doubt
 from conduit_sidecar.feedback.stores.in_doubt import InDoubtWrites
-from tests.conftest import POSTGRES_URL, REDIS_URL, StoreFactory
+from tests.conftest import POSTGRES_URL, StoreFactory
 
 MODELS = ["a", "b"]
 
@@ -114,12 +115,23 @@ def _learned(router: Router) -> tuple[float, float, int]:
     )
 
 
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # A real redis-server of this module's own: stalling the shared test server would
+    # stall every other test using it for a second.
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-async def redis_stalling() -> AsyncIterator[tuple[RedisFeedbackStore, Redis]]:
+async def redis_stalling(private_redis: str) -> AsyncIterator[tuple[RedisFeedbackStore, Redis]]:
     prefix = f"conduit-test-{uuid.uuid4().hex[:12]}:"
     # The store's command timeout, shortened so a 1 s stall outlasts it.
-    store = RedisFeedbackStore(Redis.from_url(REDIS_URL, socket_timeout=0.3), prefix=prefix)
-    admin = Redis.from_url(REDIS_URL)
+    store = RedisFeedbackStore(Redis.from_url(private_redis, socket_timeout=0.3), prefix=prefix)
+    admin = Redis.from_url(private_redis)
     await admin.ping()  # connected: its busy script goes out at once when sent
     try:
         yield store, admin
