@@ -150,6 +150,10 @@ class _Base:
         self.backoff_s = backoff_s
         # Stripped as the server strips it: a header value cannot end in a newline.
         token = token.strip() if token else None
+        if token is not None and not (token.isascii() and token.isprintable()):
+            # As the server's setting: grpc refuses such a header value on every call, as
+            # INTERNAL "Invalid metadata" (sync) or a bare ExecuteBatchError (asyncio).
+            raise ValueError("token must be printable ASCII (it is sent in a header)")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._credentials = (
             grpc.ssl_channel_credentials(root_certificates)

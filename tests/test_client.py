@@ -181,6 +181,11 @@ def test_client_arguments_are_checked() -> None:
     # security handshaker", retried as UNAVAILABLE).
     with pytest.raises(ValueError, match="root_certificates"):
         ConduitClient(root_certificates=b"not a certificate")
+    # No header can carry these: every call failed, the async client's with grpc's own
+    # ExecuteBatchError instead of a domain exception.
+    for token in ("t\u00f6k\u00e9n", "a\nb", "tab\there"):
+        with pytest.raises(ValueError, match="token must be printable ASCII"):
+            AsyncConduitClient(token=token)
 
 
 class _StoppingSidecar(pb_grpc.ConduitServiceServicer):  # type: ignore[misc]
