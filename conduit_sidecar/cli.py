@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # grpc's C core reads this once, when grpc is first imported (nothing imported it yet):
+    # without it, grpcio logs a plain-text INFO line per failed TLS handshake, one per
+    # reconnection attempt of a misconfigured client, into a log that may be JSON. Errors
+    # still show; GRPC_VERBOSITY=INFO or DEBUG in the environment brings the rest back.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)

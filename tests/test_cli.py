@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import subprocess
 import sys
@@ -153,9 +154,7 @@ def test_files_that_are_not_text_are_one_line_errors(tmp_path: Path) -> None:
         assert result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
 
 
-def test_stats_against_a_tls_sidecar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # `stats` had no TLS option at all: against a TLS-only sidecar it could only fail, with
-    # a bare "Socket closed".
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -163,6 +162,13 @@ def test_stats_against_a_tls_sidecar(tmp_path: Path, capsys: pytest.CaptureFixtu
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
+    return cert, key
+
+
+def test_stats_against_a_tls_sidecar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `stats` had no TLS option at all: against a TLS-only sidecar it could only fail, with
+    # a bare "Socket closed".
+    cert, key = _self_signed(tmp_path)
     server = Sidecar(
         ["--store-url", "memory://", "--tls-cert", str(cert), "--tls-key", str(key)],
         tmp_path / "sidecar.log",
@@ -179,3 +185,20 @@ def test_stats_against_a_tls_sidecar(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert "root_cert: cannot read" in capsys.readouterr().err
     finally:
         assert server.terminate() == 0
+
+
+def test_json_logs_stay_json_when_clients_fail_the_tls_handshake(tmp_path: Path) -> None:
+    # grpcio logged a plain-text INFO line per failed handshake into the JSON log: one per
+    # reconnection attempt of a client that does not speak TLS (about one a second).
+    cert, key = _self_signed(tmp_path)
+    server = Sidecar(
+        ["--store-url", "memory://", "--json-logs", "--tls-cert", str(cert), "--tls-key", str(key)],
+        tmp_path / "sidecar.log",
+    )
+    try:
+        assert main(["stats", "--target", server.target, "--timeout-s", "2"]) == 1  # plaintext
+    finally:
+        assert server.terminate() == 0
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines), lines
+    assert [json.loads(line)["level"] for line in lines] == ["INFO"] * len(lines)
