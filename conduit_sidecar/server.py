@@ -237,7 +237,11 @@ class SidecarServer:
                 self.metrics_port = self.metrics.start(host, port)
             except OSError as exc:  # taken port, unknown host: say which setting
                 raise OSError(f"metrics_port: cannot serve on {host}:{port}: {exc}") from None
-        self._refresh_task = asyncio.create_task(self._refresh_gauges())
+        if self.config.metrics_port is not None:
+            # Without an endpoint nobody reads the gauges: don't count the store's pending
+            # queries every 5 s (a COUNT over the SQLite writer's connection, a PostgreSQL
+            # count(*)) for nothing.
+            self._refresh_task = asyncio.create_task(self._refresh_gauges())
         host = self.config.listen.rpartition(":")[0]
         log.info(
             "serving %s on %s:%d (store %s, policy %s, auth %s, tls %s, metrics %s)",

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conduit_sidecar.app import SidecarApp
+from conduit_sidecar.config import SidecarConfig
+from conduit_sidecar.feedback import InMemoryFeedbackStore
 from conduit_sidecar.metrics import SidecarMetrics
 from conduit_sidecar.router import ModelStats
+from conduit_sidecar.server import SidecarServer
 
 
 def samples(metrics: SidecarMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -91,3 +97,33 @@ def test_model_gauges_drop_a_model_the_router_no_longer_routes() -> None:
     assert ("conduit_model_mean_reward", (("model", "large"),)) not in got
     metrics.set_model_stats({"small": stats(3.0, 0.6), "large": stats(1.0, 1.0)})
     assert samples(metrics)[("conduit_model_weight", (("model", "large"),))] == 1.0
+
+
+class _CountingStore(InMemoryFeedbackStore):
+    """The in-memory store, counting how often the pending queries are counted."""
+
+    counts = 0
+
+    async def pending_count(self) -> int:
+        self.counts += 1
+        return await super().pending_count()
+
+
+async def _pending_counts(metrics_port: int | None) -> int:
+    config = SidecarConfig(
+        listen="127.0.0.1:0", store_url="memory://", metrics_port=metrics_port
+    ).validate()
+    app = await SidecarApp.create(config)
+    app.store = app.collector.store = store = _CountingStore()
+    server = SidecarServer(config, app, shutdown_delay_s=0.0)
+    await server.start()
+    await asyncio.sleep(0.2)  # the refresh loop's first round runs at once
+    await server.shutdown()
+    return store.counts
+
+
+async def test_the_store_is_counted_for_the_gauges_only_with_a_metrics_endpoint() -> None:
+    # Without an endpoint nobody can read conduit_pending_queries, yet the store was asked
+    # for a COUNT every 5 s (the SQLite writer's connection, a PostgreSQL count(*)).
+    assert await _pending_counts(None) == 0
+    assert await _pending_counts(0) >= 1
