@@ -75,6 +75,20 @@ impl PolicyKind {
 /// Largest feature dimension a linear policy accepts.
 pub const MAX_LINEAR_DIM: usize = 2048;
 
+/// Smallest ridge `λ` accepted. Every merge and re-factorisation factorises the stored `A`
+/// (`linalg::invert_spd_packed`), and in a direction the observations (nearly) never reached
+/// `A`'s smallest eigenvalue is just `λ`. Stored in f64, `A` carries rounding of about
+/// `ε·max|Aᵢⱼ|` per entry (ε = 2.2e-16), up to `d·ε·max|Aᵢⱼ|` in that direction; once
+/// that exceeds `λ` the factorisation meets a pivot at or below zero and the merge fails as
+/// "not positive definite" although the statistics are. For normalised features (the
+/// hasher's unit vectors) and weights ≤ 1, `max|Aᵢⱼ| ≤ λ + n` after `n` observations of the
+/// arm, so `λ ≥ 1e-6` keeps `d·ε·n < λ/2` for a million observations per arm at the largest
+/// dimension (2048), and proportionally more at smaller ones. At `λ = 1e-31` the first
+/// merge of a trained arm failed; at 1e-10, after about 1e5 observations at d = 64. `1/λ`
+/// (a fresh arm's `A⁻¹`) is then 1e6, far from any overflow. Larger features need a larger
+/// ridge in proportion to their square (useful ridges are around 0.1 to 10).
+pub const MIN_RIDGE: f64 = 1e-6;
+
 /// Every tunable of every policy; each policy reads the ones it needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyConfig {
@@ -167,7 +181,16 @@ impl PolicyConfig {
             }
         };
         non_negative("alpha", self.alpha)?;
-        positive("ridge", self.ridge)?;
+        if !(self.ridge.is_finite() && self.ridge >= MIN_RIDGE) {
+            return Err(CoreError::invalid(
+                "ridge",
+                format!(
+                    "must be finite and >= {MIN_RIDGE:e} (a smaller ridge leaves the statistics \
+                     too ill-conditioned for exact merges), got {}",
+                    self.ridge
+                ),
+            ));
+        }
         non_negative("ts_scale", self.ts_scale)?;
         positive("prior_alpha", self.prior_alpha)?;
         positive("prior_beta", self.prior_beta)?;
