@@ -56,6 +56,33 @@ impl State {
     }
 }
 
+/// From this size a `bytes` result is filled with the GIL released.
+const DETACH_COPY_BYTES: usize = 1 << 20;
+
+/// A Python `bytes` holding `data`. A snapshot at d = 386 is about 20 MB, and copying it
+/// into fresh memory (mostly first-touch page faults) with the GIL held stops every other
+/// Python thread, an event loop included, for milliseconds, and for as long as the OS
+/// leaves this thread off the CPU meanwhile: so large ones are copied with the GIL released.
+fn bytes_detached<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    if data.len() < DETACH_COPY_BYTES {
+        return Ok(PyBytes::new(py, data));
+    }
+    // SAFETY: `PyBytes_FromStringAndSize(NULL, n)` returns a new bytes object (or NULL with
+    // an exception set) whose n-byte buffer is uninitialised and referenced by nothing
+    // else: no other thread can see it until it is returned, after it is filled. The
+    // buffer pointer is passed as an address so the closure is `Send`.
+    unsafe {
+        let len = data.len() as pyo3::ffi::Py_ssize_t;
+        let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len);
+        let bytes = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyBytes>();
+        let buffer = pyo3::ffi::PyBytes_AsString(ptr) as usize;
+        py.detach(|| {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), buffer as *mut u8, data.len());
+        });
+        Ok(bytes)
+    }
+}
+
 /// The chosen arm's name and every candidate's `(name, score)` as Rust strings, for the
 /// paths that select with the GIL released (the cached Python names may change meanwhile).
 fn owned_names(bandit: &Bandit, sel: &Selection) -> (String, Vec<(String, f64)>) {
@@ -301,19 +328,20 @@ impl PyPolicy {
 
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let data = detached(py, || Ok(self.lock().bandit.to_bytes()))?;
-        Ok(PyBytes::new(py, &data))
+        bytes_detached(py, &data)
     }
 
+    /// `data` is read in place with the GIL released: a `bytes` object is immutable, and
+    /// the caller's reference keeps it alive for the whole call.
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
-        let data = data.to_vec();
-        let bandit = detached(py, || Bandit::from_bytes(&data))?;
+        let bandit = detached(py, || Bandit::from_bytes(data))?;
         Ok(PyPolicy::wrap(bandit))
     }
 
     fn take_delta<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let data = detached(py, || Ok(self.lock().bandit.take_delta()))?;
-        Ok(PyBytes::new(py, &data))
+        bytes_detached(py, &data)
     }
 
     /// The exact re-factorisations run without holding the policy: `select`, `route` and
@@ -327,10 +355,10 @@ impl PyPolicy {
         delta: &[u8],
         skip_unknown: bool,
     ) -> PyResult<Vec<String>> {
-        let delta = delta.to_vec();
+        // Read in place with the GIL released (immutable, kept alive by the caller).
         detached(py, || {
             let _one_at_a_time = self.merging.lock().unwrap_or_else(|p| p.into_inner());
-            merge_delta_shared(&Merging(self), &delta, skip_unknown)
+            merge_delta_shared(&Merging(self), delta, skip_unknown)
         })
     }
 
