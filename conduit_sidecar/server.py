@@ -20,9 +20,9 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health as _health
@@ -44,6 +44,7 @@ log = logging.getLogger("conduit_sidecar.server")
 SERVICE_NAME: str = _pb.DESCRIPTOR.services_by_name["ConduitService"].full_name
 ShutdownHook = Callable[[], Awaitable[None] | None]
 _PENDING_REFRESH_S = 5.0
+_T = TypeVar("_T")
 
 
 class JsonFormatter(logging.Formatter):
@@ -109,35 +110,67 @@ def add_conduit_service(servicer: ConduitServicer, server: Any) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
+async def _before(drain: asyncio.Event, work: Awaitable[_T]) -> tuple[bool, _T | None]:
+    """(True, result) if `work` ends first; (False, None), `work` cancelled, once `drain`
+    is set."""
+    working = asyncio.ensure_future(work)
+    draining = asyncio.ensure_future(drain.wait())
+    try:
+        await asyncio.wait({working, draining}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        working.cancel()
+        draining.cancel()
+        await asyncio.wait({working, draining})
+    if working.cancelled():
+        return False, None
+    return True, working.result()
+
+
 class DrainingHealthServicer(_health.aio.HealthServicer):  # type: ignore[misc]
     """grpc's health service whose Watch streams end once the server drains.
 
     A Watch never ends on its own, and `server.stop(grace_s)` waits for every call: one
     health watcher (Envoy, a gRPC client with health checking) held every shutdown for the
-    whole grace period, then had its stream cancelled. `end_watches()` (called by shutdown
+    whole grace period, then had its stream cancelled. `end_streams()` (called by shutdown
     after the watchers were sent NOT_SERVING) completes them with OK instead, so the drain
     waits only for real work; a watcher that reconnects finds the port closed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, drain: asyncio.Event) -> None:
         super().__init__()
-        self._draining = asyncio.Event()
+        self._drain = drain
 
     async def Watch(self, request: Any, context: Any) -> None:
-        watching = asyncio.ensure_future(super().Watch(request, context))
-        draining = asyncio.ensure_future(self._draining.wait())
-        try:
-            await asyncio.wait({watching, draining}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # Cancelling grpc's Watch runs its own clean-up (the per-service watcher count).
-            watching.cancel()
-            draining.cancel()
-            await asyncio.wait({watching, draining})
-        if not watching.cancelled() and watching.exception() is not None:
-            raise watching.exception()
+        # Cancelling grpc's Watch runs its own clean-up (the per-service watcher count).
+        await _before(self._drain, super().Watch(request, context))
 
-    def end_watches(self) -> None:
-        self._draining.set()
+
+class DrainingReflectionServicer(_reflection.aio.ReflectionServicer):  # type: ignore[misc]
+    """Server reflection whose streams end once the server drains, as health's Watch: a
+    client that keeps its reflection stream open (a GUI tool) held the shutdown too."""
+
+    def __init__(self, service_names: tuple[str, ...], drain: asyncio.Event) -> None:
+        super().__init__(service_names)
+        self._drain = drain
+
+    async def ServerReflectionInfo(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        # An async generator itself: grpc.aio tells streaming handlers by their function.
+        requests = self._until_drain(request_iterator)
+        async for response in super().ServerReflectionInfo(requests, context):
+            yield response
+
+    async def _until_drain(self, requests: Any) -> AsyncIterator[Any]:
+        """The client's requests, ending (as if the client had closed its side) once the
+        server drains; grpc's handler then answers what it has and ends the call with OK."""
+        iterator = requests.__aiter__()
+        while True:
+            try:
+                arrived, request = await _before(self._drain, iterator.__anext__())
+            except StopAsyncIteration:
+                return
+            if not arrived:
+                return
+            yield request
 
 
 def _check_tls_pair(cert_path: str, key_path: str) -> None:
@@ -163,7 +196,9 @@ class SidecarServer:
         self.shutdown_delay_s = shutdown_delay_s
         self.on_shutdown: list[ShutdownHook] = []
         self.metrics = SidecarMetrics()
-        self.health = DrainingHealthServicer()
+        # Set when the drain starts: the streams that never end by themselves end then.
+        self._drain = asyncio.Event()
+        self.health = DrainingHealthServicer(self._drain)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: Any = None
@@ -201,8 +236,8 @@ class SidecarServer:
         # What _reflection.enable_server_reflection does for a grpc.aio server, minus the
         # registered-method handlers.
         _reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            _reflection.aio.ReflectionServicer(
-                (SERVICE_NAME, _health.SERVICE_NAME, _reflection.SERVICE_NAME)
+            DrainingReflectionServicer(
+                (SERVICE_NAME, _health.SERVICE_NAME, _reflection.SERVICE_NAME), self._drain
             ),
             generic_only,
         )
@@ -276,7 +311,7 @@ class SidecarServer:
         log.info("shutting down: health NOT_SERVING, draining for up to %.1fs", self.config.grace_s)
         await self.health.enter_graceful_shutdown()
         await asyncio.sleep(self.shutdown_delay_s)
-        self.health.end_watches()
+        self._drain.set()
         if self._server is not None:
             await self._server.stop(self.config.grace_s)
         if self._refresh_task is not None:

@@ -1,11 +1,13 @@
-"""SIGTERM against a real sidecar process with clients attached: what a client that stays
-connected (a health watcher) does to the drain."""
+"""SIGTERM against real sidecar processes with clients attached: streams that stay open
+(health Watch, reflection) do not hold the drain, repeated signals do not cut it short, load
+loses nothing acknowledged, and a store that fails to close does not stop it."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -13,6 +15,7 @@ import pytest
 from google.protobuf import struct_pb2
 from grpc_fixtures import Sidecar
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conduit_sidecar._proto import conduit_pb2 as pb
 from conduit_sidecar._proto import conduit_pb2_grpc as pb_grpc
@@ -178,3 +181,31 @@ async def test_sigterm_under_load_loses_nothing_acknowledged(tmp_path: Path) -> 
 
 def _thumbs(query_id: str) -> pb.RecordFeedbackRequest:
     return pb.RecordFeedbackRequest(query_id=query_id, signal_type="thumbs", payload=_thumbs_up())
+
+
+async def test_an_open_reflection_stream_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+    # A reflection stream ends when its client closes it; one kept open (a GUI tool)
+    # held every SIGTERM for the whole grace period (20 s here), as a health Watch did.
+    server = Sidecar(["--store-url", "memory://", "--grace-s", "20"], tmp_path / "log")
+    requests: asyncio.Queue[reflection_pb2.ServerReflectionRequest | None] = asyncio.Queue()
+
+    async def until_closed() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        while (request := await requests.get()) is not None:
+            yield request
+
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                until_closed()
+            )
+            await requests.put(reflection_pb2.ServerReflectionRequest(list_services=""))
+            listed = (await stream.read()).list_services_response.service
+            assert SERVICE_NAME in [service.name for service in listed]
+            started = time.monotonic()
+            server.proc.terminate()
+            assert await asyncio.to_thread(server.proc.wait, 15) == 0
+            assert time.monotonic() - started < 10.0  # not the 20 s grace period
+            assert await stream.code() == grpc.StatusCode.OK  # ended, not cancelled
+            await requests.put(None)
+    finally:
+        server.stop()
