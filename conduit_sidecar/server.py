@@ -3,8 +3,9 @@
 Shutdown order (SIGTERM or SIGINT), each step bounded:
 1. every health status flips to NOT_SERVING (`enter_graceful_shutdown`), so probes and load
    balancers stop sending new work while the server still answers;
-2. after `shutdown_delay_s`, `server.stop(grace_s)` refuses new calls and lets in-flight ones
-   finish within the grace period (then cancels what is left);
+2. after `shutdown_delay_s`, the streams that never end by themselves (health Watch,
+   reflection) end with OK, and `server.stop(grace_s)` refuses new calls and lets in-flight
+   ones finish within the grace period (then cancels what is left);
 3. the `on_shutdown` hooks run (persistence; policy snapshots hang here), then the store is
    closed; the process exits 0.
 """
@@ -131,9 +132,9 @@ class DrainingHealthServicer(_health.aio.HealthServicer):  # type: ignore[misc]
 
     A Watch never ends on its own, and `server.stop(grace_s)` waits for every call: one
     health watcher (Envoy, a gRPC client with health checking) held every shutdown for the
-    whole grace period, then had its stream cancelled. `end_streams()` (called by shutdown
-    after the watchers were sent NOT_SERVING) completes them with OK instead, so the drain
-    waits only for real work; a watcher that reconnects finds the port closed.
+    whole grace period, then had its stream cancelled. Once `drain` is set (by shutdown, after
+    the watchers were sent NOT_SERVING) they complete with OK instead, so the drain waits
+    only for real work; a watcher that reconnects finds the port closed.
     """
 
     def __init__(self, drain: asyncio.Event) -> None:
