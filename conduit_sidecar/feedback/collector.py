@@ -85,6 +85,24 @@ def _check_ttl_arg(ttl_seconds: object) -> float:
     return check_ttl(ttl_seconds, "ttl_seconds")  # type: ignore[arg-type]
 
 
+def _check_router(router: object) -> ObservationSink:
+    """Refuses a router the collector could not update. Checked at construction: afterwards
+    each Track and signal would be written to the store first and then fail, and its retry
+    would be a duplicate, so the learning would be lost for good. Duck-typed: a custom
+    router needs only the two methods the collector calls."""
+    missing = [
+        name
+        for name in ("apply_observation", "record_outcome")
+        if not callable(getattr(router, name, None))
+    ]
+    if missing:
+        raise InvalidArgument(
+            "router",
+            f"must be a Router (or have {' and '.join(missing)}), got {router!r}",
+        )
+    return router  # type: ignore[return-value]
+
+
 class FeedbackCollector:
     """Turns feedback signals into policy updates through a store.
 
@@ -103,7 +121,9 @@ class FeedbackCollector:
         ttl_seconds: float | None = None,
         adapters: Iterable[FeedbackAdapter] = (),
     ) -> None:
-        self.router = router
+        self.router = _check_router(router)
+        if store is not None and not isinstance(store, FeedbackStore):
+            raise InvalidArgument("store", f"must be a FeedbackStore, got {store!r}")
         self.store: FeedbackStore = store if store is not None else InMemoryFeedbackStore()
         self.ttl_seconds = (
             self.store.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
