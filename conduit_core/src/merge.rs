@@ -225,6 +225,7 @@ pub fn merge_delta_shared(
             }
         }
         if staged.is_empty() {
+            policy.with(|b| b.abandon_merge(epoch));
             return Ok(skipped);
         }
         for (k, (_, arm)) in &mut staged {
