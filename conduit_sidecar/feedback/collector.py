@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 from conduit_sidecar.errors import InvalidArgument, NotFound, Unavailable
 from conduit_sidecar.feedback.adapters import FeedbackAdapter, ThumbsAdapter
+from conduit_sidecar.feedback.decisions import check_decision
 from conduit_sidecar.feedback.events import (
     FeedbackEvent,
     FeedbackResult,
@@ -341,8 +342,7 @@ class FeedbackCollector:
         self, decision: RoutingDecision, ttl_seconds: float | None = None
     ) -> None:
         """Store a decision as pending without an outcome (the sidecar's Route does this)."""
-        if not isinstance(decision, RoutingDecision):
-            raise InvalidArgument("decision", f"must be a RoutingDecision, got {decision!r}")
+        check_decision(decision)  # before the write: a bad field would fail below it
         ttl = self.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
         await self.store.log_decision(decision, ttl)
         if self.in_doubt:  # the store answers again: Routes settle doubts too
@@ -368,7 +368,7 @@ class FeedbackCollector:
         feedback re-applies the query's observation with the outcome folded in.
         """
         if isinstance(decision, RoutingDecision):
-            query_id, create = decision.query_id, decision
+            query_id, create = check_decision(decision).query_id, decision
         elif isinstance(decision, str):
             query_id, create = check_id("query_id", decision), None
         else:
