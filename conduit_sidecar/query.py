@@ -277,10 +277,31 @@ class Query:
     reward_weights: RewardWeights | None = None
     constraints: Constraints | None = None
     query_id: str | None = None
+    # The id __post_init__ generated, and whether a decision has used it: see decision_id.
+    _generated_id: str | None = field(default=None, init=False, repr=False, compare=False)
+    _routed: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.query_id is None:
-            self.query_id = new_query_id()
+            self.query_id = self._generated_id = new_query_id()
+
+    def decision_id(self) -> str:
+        """The query_id of a new decision for this query (Router.decide).
+
+        A generated id names the first decision only: the same Query routed again is
+        another decision (a retry, a regeneration), and with one id between them the
+        store kept the first and credited the second's Track and feedback to the first
+        one's model. An id the caller chose or set names the request, so every decision
+        for it carries it (the sidecar answers a pending one's logged decision).
+        """
+        query_id = self.query_id
+        if query_id is None:
+            return new_query_id()
+        if query_id is self._generated_id:
+            if self._routed:
+                return new_query_id()
+            self._routed = True
+        return query_id
 
 
 @dataclass

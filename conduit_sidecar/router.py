@@ -31,7 +31,6 @@ from conduit_sidecar.query import (
     RoutingDecision,
     check_query,
     check_unicode,
-    new_query_id,
 )
 from conduit_sidecar.reward import (
     PRESETS,
@@ -233,7 +232,7 @@ class Router:
         self._tally[arm].selections += 1
         # Positional: keyword arguments to a dataclass cost twice as much (a dict per call).
         return RoutingDecision(
-            query.query_id if query.query_id is not None else new_query_id(),
+            query.decision_id(),
             arm,
             confidence,
             features,

@@ -524,3 +524,52 @@ async def test_a_custom_router_with_the_two_methods_is_accepted() -> None:
     await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
     assert duck.outcomes == [(decision.selected_model, 0.001, 0.5)]
     assert [model for model, _, _ in duck.applied] == [decision.selected_model]
+
+
+async def test_a_query_routed_twice_credits_each_decision_to_its_own_model() -> None:
+    router = small_router()
+    collector = FeedbackCollector(router)
+    query = Query(text="What is Python?", constraints=Constraints(allowed_models=[MODELS[0]]))
+    first = await router.route(query)
+    query.constraints = Constraints(allowed_models=[MODELS[2]])
+    second = await router.route(query)
+    assert (first.selected_model, second.selected_model) == (MODELS[0], MODELS[2])
+    await collector.track(first, cost=0.001, latency=0.5)
+    await collector.track(second, cost=0.02, latency=2.0)
+    await collector.record(FeedbackEvent(first.query_id, "thumbs", {"value": "down"}))
+    await collector.record(FeedbackEvent(second.query_id, "thumbs", {"value": "up"}))
+    stats = router.stats()
+    assert (stats[MODELS[0]].outcomes, stats[MODELS[0]].cost_usd_sum) == (1, 0.001)
+    assert (stats[MODELS[2]].outcomes, stats[MODELS[2]].cost_usd_sum) == (1, 0.02)
+    assert stats[MODELS[0]].weight_sum == stats[MODELS[2]].weight_sum == 1.0
+
+
+async def test_track_refuses_another_decision_for_a_pending_caller_chosen_id(
+    store: FeedbackStore,
+) -> None:
+    """A caller-chosen id routed twice names two decisions; the store keeps the first, so
+    the second's Track would be credited to the first one's model: refused, naming the
+    field, before anything is written."""
+    router = small_router()
+    collector = FeedbackCollector(router, store=store)
+    query = Query(text="hi", query_id="order-17")
+    query.constraints = Constraints(allowed_models=[MODELS[0]])
+    first = await router.route(query)
+    query.constraints = Constraints(allowed_models=[MODELS[1]])
+    second = await router.route(query)
+    assert first.query_id == second.query_id == "order-17"
+    await collector.log_decision(first)
+    await collector.log_decision(second)  # keeps the first (the sidecar answers it)
+    for outcomes in (0, 1):  # logged only, then tracked
+        with pytest.raises(InvalidArgument) as info:
+            await collector.track(second, cost=0.5, latency=1.0, error=True)
+        assert info.value.field == "decision.query_id"
+        assert MODELS[0] in str(info.value)
+        stats = router.stats()[MODELS[0]]
+        assert (stats.outcomes, stats.weight_sum) == (outcomes, 0.0)
+        await collector.track(first, cost=0.001, latency=0.5)
+        await collector.track(first.query_id, cost=0.001, latency=0.5)  # by id: the first
+    pending = await store.get("order-17")
+    assert pending is not None and pending.decision.selected_model == MODELS[0]
+    assert router.stats()[MODELS[0]].outcomes == 1
+    assert router.stats()[MODELS[1]].outcomes == 0

@@ -38,6 +38,7 @@ from conduit_sidecar.feedback import (
 )
 from conduit_sidecar.feedback.observation import observation
 from conduit_sidecar.feedback.stores import in_doubt
+from conduit_sidecar.feedback.stores.base import PendingQuery
 from conduit_sidecar.feedback.stores.in_doubt import InDoubtWrites
 from tests.conftest import POSTGRES_URL, StoreFactory
 
@@ -254,10 +255,24 @@ async def test_a_write_in_doubt_whose_retry_reached_another_replica_is_settled_b
     # In a session: Track then sends its script at once (no lookup of the session first).
     decision = await router.route(Query(text="stalled", session_id="s-1"))
     await collector.log_decision(decision)
-    busy = await _stall_redis(admin)
-    with pytest.raises(Unavailable):
-        await collector.track(decision, cost=0.002, latency=1.5, error=True)
-    await busy
+    # A Track given the decision first reads the pending one (is it this decision?); the
+    # stall starts right after that read, so the script is what meets it. Only the timing
+    # is the test's: the stall is the real server's.
+    read_pending = store.get
+    stalls: list[asyncio.Future[object]] = []
+
+    async def read_then_stall(query_id: str) -> PendingQuery | None:
+        pending = await read_pending(query_id)
+        stalls.append(await _stall_redis(admin))
+        return pending
+
+    store.get = read_then_stall  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Unavailable):
+            await collector.track(decision, cost=0.002, latency=1.5, error=True)
+    finally:
+        del store.get
+    await stalls[0]
     assert len(collector.in_doubt) == 1
     # The client's retry lands on another replica: a plain duplicate there (the other
     # replica cannot know whether the writer applied it), and nothing learned anywhere.

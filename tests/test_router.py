@@ -502,3 +502,23 @@ async def test_add_and_remove_models_at_run_time() -> None:
     single = Router([CHEAP])
     with pytest.raises(InvalidArgument, match="last model"):
         single.remove_model("cheap")
+
+
+async def test_a_query_routed_again_gets_a_fresh_id_unless_the_caller_chose_it() -> None:
+    # A Query's generated id used to name every decision made for it: routed twice, both
+    # decisions carried one id, and the collector credited the second one's Track and
+    # feedback to the first one's model.
+    router = Router(models=["a", "b"], feature_dim=8)
+    query = Query(text="same request")
+    first = await router.route(query)
+    second = await router.route(query)
+    third = router.decide(query)
+    assert first.query_id == query.query_id
+    assert len({first.query_id, second.query_id, third.query_id}) == 3
+    assert query.query_id == first.query_id  # the Query itself is left as it was
+    # A caller-chosen id names the request: reuse is meaningful (an idempotent retry).
+    chosen = Query(text="same request", query_id="order-17")
+    assert (await router.route(chosen)).query_id == (await router.route(chosen)).query_id
+    # So is an id the caller set after creation.
+    query.query_id = "set-later"
+    assert router.decide(query).query_id == router.decide(query).query_id == "set-later"

@@ -383,6 +383,8 @@ class FeedbackCollector:
             raise InvalidArgument("retries", f"must be an integer >= 0, got {retries!r}")
         ttl = self.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
 
+        if create is not None:
+            await self._refuse_another_pending(create)
         contribution = track_contribution(error, retries, cost_usd, latency_s)
         events = []
         if error:
@@ -404,6 +406,25 @@ class FeedbackCollector:
                 outcome=outcome,
             )
         )
+
+    async def _refuse_another_pending(self, decision: RoutingDecision) -> None:
+        """Refuses a decision whose query_id is pending for another one: a caller-chosen id
+        routed twice (Query.decision_id). The store keeps the first logged decision, so this
+        one's Track would be credited to the other's model. Checked before the write; two
+        such Tracks racing can still both pass, and the later one then updates the first
+        decision (it is a plain duplicate when the first was tracked)."""
+        pending = await self.store.get(decision.query_id)
+        if pending is None:
+            return
+        kept = pending.decision
+        if (kept.created_at, kept.selected_model) != (decision.created_at, decision.selected_model):
+            raise InvalidArgument(
+                "decision.query_id",
+                f"{decision.query_id!r} is pending for another decision (model "
+                f"{kept.selected_model!r}, routed at {kept.created_at!r}), which its Track and "
+                "feedback update; track that decision (or its query_id), or give a query "
+                "routed again a new query_id",
+            )
 
     # Feedback.
 
