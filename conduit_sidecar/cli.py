@@ -162,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"conduit-sidecar: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`stats | head`): stop quietly, as tools killed by SIGPIPE do
+        # (exit status 128 + 13), and point stdout at /dev/null so the interpreter's final
+        # flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ConduitError, OSError) as exc:
         print(f"conduit-sidecar: {one_line(str(exc))}", file=sys.stderr)
         return 1

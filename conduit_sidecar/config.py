@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .feedback.stores.base import MAX_TTL_SECONDS
+
 _log = logging.getLogger(__name__)
 
 STORE_SCHEMES = ("memory", "sqlite", "redis", "rediss", "postgresql", "postgres")
@@ -34,10 +36,9 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 # features could not be sent (RESOURCE_EXHAUSTED after the decision was made and logged, and
 # an error traceback in the log per call). 64 KiB leaves room for any catalogue in use.
 MIN_MESSAGE_BYTES = 64 * 1024
-# The longest pending window, for the server default and each request's ttl_s: ten years.
-# Far beyond any feedback delay, and well inside what every store can expire (Redis refuses
-# a PEXPIRE past 2**63 ms, so a TTL of 1e300 s left every decision unlogged there).
-MAX_TTL_S = 10 * 365 * 86400.0
+# The longest pending window, for the server default and each request's ttl_s: the stores'
+# own bound (ten years), so the server refuses up front what a store would refuse later.
+MAX_TTL_S = MAX_TTL_SECONDS
 
 
 class ConfigError(ValueError):

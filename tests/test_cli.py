@@ -39,6 +39,19 @@ def test_stats_prints_a_readable_table(sidecar: Sidecar) -> None:
     assert any(line.startswith("pending queries: ") for line in lines)
 
 
+def test_stats_into_a_closed_pipe_stops_quietly(sidecar: Sidecar) -> None:
+    # `conduit-sidecar stats | head -0`: the reader is gone before the table is written.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conduit_sidecar", "stats", "--target", sidecar.target],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=60)
+    assert stderr == b""
+    assert proc.returncode == 141
+
+
 def test_stats_without_a_sidecar_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
