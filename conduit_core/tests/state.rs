@@ -114,6 +114,46 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// The merge the binding runs (re-factorising outside the policy's lock) leaves exactly
+    /// the bytes of the merge under one hold, for every kind, with and without discounting,
+    /// adding or skipping the arms the receiver lacks.
+    #[test]
+    fn the_shared_merge_is_the_plain_merge(
+        seed in 1u64..u64::MAX,
+        kind_idx in 0usize..7,
+        discounted in any::<bool>(),
+        skip_unknown in any::<bool>(),
+    ) {
+        use conduit_core::merge::merge_delta_shared;
+        use std::sync::Mutex;
+        let dim = 5;
+        let mut cfg = PolicyConfig::new(KINDS[kind_idx], dim);
+        cfg.fixed_arm = Some("a".into());
+        cfg.discount = if discounted { 0.97 } else { 1.0 };
+        cfg.refactor_every = 23;
+        let mut sender = Bandit::new(cfg.clone(), &["a", "b", "e"]).unwrap();
+        let mut receiver = Bandit::new(cfg, &["a", "b", "c"]).unwrap();
+        let mut s = Stream(seed);
+        feed(&mut sender, &["a", "b", "e"], &mut s, 60, dim);
+        feed(&mut receiver, &["a", "b", "c"], &mut s, 40, dim);
+        let x = s.vector(dim);
+        sender.reapply("b", &x, 0.0, 0.0, 0.5, 0.5).unwrap();
+        sender.reapply("b", &x, 0.5, 0.5, 1.0, 0.25).unwrap();
+        let delta = sender.take_delta();
+        let shared = Mutex::new(receiver.clone());
+        let want = receiver.merge_delta_filtered(&delta, skip_unknown).unwrap();
+        let got = merge_delta_shared(&shared, &delta, skip_unknown).unwrap();
+        prop_assert_eq!(&got, &want);
+        prop_assert_eq!(got.is_empty(), !skip_unknown);
+        let mut merged = shared.into_inner().unwrap();
+        prop_assert_eq!(merged.to_bytes(), receiver.to_bytes());
+        prop_assert_eq!(merged.local_version(), receiver.local_version());
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Three replicas, each applying its own stream of new observations and re-applications
