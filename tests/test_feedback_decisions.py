@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conduit_sidecar import Query, Router
+from conduit_sidecar import Constraints, Query, Router
 from conduit_sidecar.errors import InvalidArgument
 from conduit_sidecar.feedback import FeedbackCollector, FeedbackEvent, FeedbackStore
 from conduit_sidecar.feedback.decisions import check_decision
@@ -132,3 +132,34 @@ async def test_the_decisions_of_a_hand_built_record_are_still_accepted() -> None
     result = await collector.record(FeedbackEvent("hand-built", "thumbs", {"value": "up"}))
     assert result.applied_weight == 1.0
     assert router.stats()["mid-model"].weight_sum == 1.0
+
+
+async def test_track_refuses_another_decision_for_a_pending_caller_chosen_id(
+    store: FeedbackStore,
+) -> None:
+    """A caller-chosen id routed twice names two decisions; the store keeps the first, so
+    the second's Track would be credited to the first one's model: refused, naming the
+    field, before anything is written."""
+    router = _router()
+    collector = FeedbackCollector(router, store=store)
+    query = Query(text="hi", query_id="order-17")
+    query.constraints = Constraints(allowed_models=[MODELS[0]])
+    first = await router.route(query)
+    query.constraints = Constraints(allowed_models=[MODELS[1]])
+    second = await router.route(query)
+    assert first.query_id == second.query_id == "order-17"
+    await collector.log_decision(first)
+    await collector.log_decision(second)  # keeps the first (the sidecar answers it)
+    for outcomes in (0, 1):  # logged only, then tracked
+        with pytest.raises(InvalidArgument) as info:
+            await collector.track(second, cost=0.5, latency=1.0, error=True)
+        assert info.value.field == "decision.query_id"
+        assert MODELS[0] in str(info.value)
+        stats = router.stats()[MODELS[0]]
+        assert (stats.outcomes, stats.weight_sum) == (outcomes, 0.0)
+        await collector.track(first, cost=0.001, latency=0.5)
+        await collector.track(first.query_id, cost=0.001, latency=0.5)  # by id: the first
+    pending = await store.get("order-17")
+    assert pending is not None and pending.decision.selected_model == MODELS[0]
+    assert router.stats()[MODELS[0]].outcomes == 1
+    assert router.stats()[MODELS[1]].outcomes == 0

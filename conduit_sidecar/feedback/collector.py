@@ -20,27 +20,29 @@ finds its mark; it applies the delta the policy never received (once) and answer
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from conduit_sidecar.errors import InvalidArgument, NotFound, Unavailable
 from conduit_sidecar.feedback.adapters import FeedbackAdapter, ThumbsAdapter
-from conduit_sidecar.feedback.decisions import check_decision
+from conduit_sidecar.feedback.decisions import check_decision, refuse_another_pending
 from conduit_sidecar.feedback.events import (
     FeedbackEvent,
     FeedbackResult,
     RewardMapping,
     SessionFeedback,
 )
+from conduit_sidecar.feedback.in_flight import InFlight
 from conduit_sidecar.feedback.observation import (
     Contribution,
     observation,
     track_contribution,
 )
+from conduit_sidecar.feedback.registry import TRACK_KEY, AdapterRegistry
+from conduit_sidecar.feedback.sink import ObservationSink, check_router
 from conduit_sidecar.feedback.stores.base import Applied, FeedbackStore, Mark, check_ttl
 from conduit_sidecar.feedback.stores.in_doubt import (
     Doubt,
@@ -55,53 +57,15 @@ from conduit_sidecar.reward import check_non_negative
 
 logger = logging.getLogger(__name__)
 
-TRACK_KEY = "track"
 # How often, at most, writes in doubt are looked up again (only while there are some).
 DOUBT_CHECK_INTERVAL_S = 1.0
-T = TypeVar("T")
 
 _Outcome = tuple[float | None, float | None]  # (cost_usd, latency_s) for the router's stats
 _Done = tuple[Applied, tuple[float, float] | None]  # the store's answer, the observation after
 
 
-class ObservationSink(Protocol):
-    """What the collector needs from a Router (ARCHITECTURE, Layer 2)."""
-
-    def apply_observation(
-        self,
-        model_id: str,
-        features: Sequence[float],
-        old: tuple[float, float] | None,
-        new: tuple[float, float],
-        *,
-        routed_at: float | None = None,
-    ) -> None: ...
-
-    def record_outcome(
-        self, model_id: str, cost_usd: float | None, latency_s: float | None
-    ) -> None: ...
-
-
 def _check_ttl_arg(ttl_seconds: object) -> float:
     return check_ttl(ttl_seconds, "ttl_seconds")  # type: ignore[arg-type]
-
-
-def _check_router(router: object) -> ObservationSink:
-    """Refuses a router the collector could not update. Checked at construction: afterwards
-    each Track and signal would be written to the store first and then fail, and its retry
-    would be a duplicate, so the learning would be lost for good. Duck-typed: a custom
-    router needs only the two methods the collector calls."""
-    missing = [
-        name
-        for name in ("apply_observation", "record_outcome")
-        if not callable(getattr(router, name, None))
-    ]
-    if missing:
-        raise InvalidArgument(
-            "router",
-            f"must be a Router (or have {' and '.join(missing)}), got {router!r}",
-        )
-    return router  # type: ignore[return-value]
 
 
 class FeedbackCollector:
@@ -122,17 +86,17 @@ class FeedbackCollector:
         ttl_seconds: float | None = None,
         adapters: Iterable[FeedbackAdapter] = (),
     ) -> None:
-        self.router = _check_router(router)
+        self.router = check_router(router)
         if store is not None and not isinstance(store, FeedbackStore):
             raise InvalidArgument("store", f"must be a FeedbackStore, got {store!r}")
         self.store: FeedbackStore = store if store is not None else InMemoryFeedbackStore()
         self.ttl_seconds = (
             self.store.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
         )
-        self._adapters: dict[str, FeedbackAdapter] = {}
+        self._registry = AdapterRegistry()
         # Store operations whose caller was cancelled, kept alive until they finish, and
         # passes of resolve_in_doubt.
-        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._in_flight = InFlight()
         # This process's writes that failed but may have taken effect (stores/in_doubt.py).
         self.in_doubt = InDoubtWrites()
         self._doubts_checked_at = -math.inf
@@ -145,45 +109,11 @@ class FeedbackCollector:
     @property
     def adapters(self) -> dict[str, FeedbackAdapter]:
         """Registered adapters by signal type (a copy: use `register_adapter` to change)."""
-        return dict(self._adapters)
+        return self._registry.as_dict()
 
     def register_adapter(self, adapter: FeedbackAdapter) -> None:
         """Register (or replace) the adapter for `adapter.signal_type`."""
-        if not isinstance(adapter, FeedbackAdapter):
-            raise InvalidArgument("adapter", f"must be a FeedbackAdapter, got {adapter!r}")
-        signal_type = adapter.signal_type
-        if not isinstance(signal_type, str) or not signal_type.strip():
-            raise InvalidArgument("adapter.signal_type", f"must be a non-empty string: {adapter!r}")
-        if signal_type == TRACK_KEY:
-            raise InvalidArgument("adapter.signal_type", f"{TRACK_KEY!r} is reserved for Track")
-        self._adapters[signal_type] = adapter
-
-    def _adapter(self, signal_type: str) -> FeedbackAdapter:
-        adapter = self._adapters.get(signal_type)
-        if adapter is None:
-            raise InvalidArgument(
-                "signal_type",
-                f"no adapter registered for {signal_type!r}; registered: {sorted(self._adapters)}",
-            )
-        return adapter
-
-    @staticmethod
-    def _read(adapter: FeedbackAdapter, event: FeedbackEvent) -> RewardMapping:
-        """Run an adapter; whatever a custom one raises or returns becomes InvalidArgument."""
-        try:
-            mapping = adapter.to_reward(event)
-        except InvalidArgument:
-            raise
-        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
-            raise InvalidArgument(
-                "payload", f"adapter for {event.signal_type!r} refused it: {exc!r}"
-            ) from None
-        if not isinstance(mapping, RewardMapping):
-            raise InvalidArgument(
-                "payload",
-                f"adapter for {event.signal_type!r} returned {mapping!r}, not a RewardMapping",
-            )
-        return mapping
+        self._registry.register(adapter)
 
     # Policy bookkeeping.
 
@@ -217,39 +147,16 @@ class FeedbackCollector:
 
     async def _inseparably(self, work: Coroutine[Any, Any, _Done]) -> _Done:
         """Runs `work` (a store operation and then its policy update, `_apply`) so that the
-        caller's cancellation cannot split the two.
-
-        A cancelled caller (a gRPC deadline) must not stop between them: the write may
-        commit anyway (a SQLite batch, a Redis script already sent), and its delta would then
-        never reach the policy - a retry is a duplicate, and the query's later deltas assume
-        the lost one was applied. So the pair runs in a shielded task that finishes on its
-        own. The in-memory store's apply never suspends, so nothing can fall between the
-        two there and it skips the task.
-        """
-        if type(self.store) is InMemoryFeedbackStore:
-            return await work
-        return await asyncio.shield(self._background(work))
-
-    def _background(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """A task `settle` waits for, that nobody needs to await."""
-        task = asyncio.ensure_future(work)
-        self._in_flight.add(task)
-        task.add_done_callback(self._settled)
-        return task
+        caller's cancellation cannot split the two (`in_flight.py`). The in-memory store's
+        apply never suspends, so nothing can fall between the two there."""
+        suspends = type(self.store) is not InMemoryFeedbackStore
+        return await self._in_flight.inseparably(work, suspends=suspends)
 
     async def settle(self, timeout_s: float) -> int:
         """Waits up to `timeout_s` for store writes whose caller was cancelled (they go on in
         `_inseparably`) to reach the policy; returns how many are still running. Called
         before the last policy delta is published at shutdown."""
-        if not self._in_flight:
-            return 0
-        _, late = await asyncio.wait(list(self._in_flight), timeout=timeout_s)
-        return len(late)
-
-    def _settled(self, task: asyncio.Task[Any]) -> None:
-        self._in_flight.discard(task)
-        if not task.cancelled():
-            task.exception()  # mark it read: a cancelled caller no longer awaits it
+        return await self._in_flight.settle(timeout_s)
 
     async def _apply(
         self,
@@ -300,7 +207,7 @@ class FeedbackCollector:
         now = time.monotonic()
         if now - self._doubts_checked_at >= DOUBT_CHECK_INTERVAL_S:
             self._doubts_checked_at = now
-            self._background(self.resolve_in_doubt())
+            self._in_flight.background(self.resolve_in_doubt())
 
     async def resolve_in_doubt(self, batch: int = 64) -> int:
         """Looks up to `batch` of this process's writes in doubt up in the store and applies
@@ -384,7 +291,7 @@ class FeedbackCollector:
         ttl = self.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
 
         if create is not None:
-            await self._refuse_another_pending(create)
+            await refuse_another_pending(self.store, create)
         contribution = track_contribution(error, retries, cost_usd, latency_s)
         events = []
         if error:
@@ -407,25 +314,6 @@ class FeedbackCollector:
             )
         )
 
-    async def _refuse_another_pending(self, decision: RoutingDecision) -> None:
-        """Refuses a decision whose query_id is pending for another one: a caller-chosen id
-        routed twice (Query.decision_id). The store keeps the first logged decision, so this
-        one's Track would be credited to the other's model. Checked before the write; two
-        such Tracks racing can still both pass, and the later one then updates the first
-        decision (it is a plain duplicate when the first was tracked)."""
-        pending = await self.store.get(decision.query_id)
-        if pending is None:
-            return
-        kept = pending.decision
-        if (kept.created_at, kept.selected_model) != (decision.created_at, decision.selected_model):
-            raise InvalidArgument(
-                "decision.query_id",
-                f"{decision.query_id!r} is pending for another decision (model "
-                f"{kept.selected_model!r}, routed at {kept.created_at!r}), which its Track and "
-                "feedback update; track that decision (or its query_id), or give a query "
-                "routed again a new query_id",
-            )
-
     # Feedback.
 
     async def record(self, event: FeedbackEvent) -> FeedbackResult:
@@ -438,7 +326,7 @@ class FeedbackCollector:
         if not isinstance(event, FeedbackEvent):
             raise InvalidArgument("event", f"must be a FeedbackEvent, got {event!r}")
         event.validate()
-        mapping = self._read(self._adapter(event.signal_type), event)
+        mapping = self._registry.read(self._registry.adapter(event.signal_type), event)
         key = event_key(event)
         contribution = Contribution.signals([(mapping.reward, mapping.confidence)])
         mark = Mark(event.signal_type, mapping.reward, mapping.confidence)
@@ -457,7 +345,7 @@ class FeedbackCollector:
         if not isinstance(feedback, SessionFeedback):
             raise InvalidArgument("feedback", f"must be a SessionFeedback, got {feedback!r}")
         feedback.validate()
-        adapter = self._adapter(feedback.signal_type)
+        adapter = self._registry.adapter(feedback.signal_type)
         query_ids = await self.store.session_query_ids(feedback.session_id)
         if not query_ids:
             raise NotFound(f"No pending queries for session_id {feedback.session_id!r}")
@@ -470,7 +358,7 @@ class FeedbackCollector:
                 dict(feedback.payload),
                 idempotency_key=feedback.idempotency_key,
             )
-            planned.append((event, self._read(adapter, event)))
+            planned.append((event, self._registry.read(adapter, event)))
         key, legacy_key = session_keys(feedback)
         results = []
         for event, mapping in planned:

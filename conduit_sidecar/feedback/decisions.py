@@ -9,6 +9,9 @@ naming `decision.<field>`, before any write.
 
 `log_decision` runs on every Route, so the decisions the Router builds take one fast test
 (exact types, one sum per vector) and only anything else is looked at field by field.
+
+`refuse_another_pending` is Track's other check: a decision whose (caller-chosen) query_id
+is already pending for another decision.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from conduit_sidecar.errors import InvalidArgument
+from conduit_sidecar.feedback.stores.base import FeedbackStore
 from conduit_sidecar.query import RoutingDecision, check_id, check_json_object, check_unicode
 from conduit_sidecar.reward import RewardWeights, as_number
 
@@ -114,3 +118,23 @@ def _check_fields(d: RoutingDecision) -> None:
 def _finite(field: str, value: object) -> None:
     if not math.isfinite(as_number(field, value)):
         raise InvalidArgument(field, f"must be finite, got {value!r}")
+
+
+async def refuse_another_pending(store: FeedbackStore, decision: RoutingDecision) -> None:
+    """Refuses a decision whose query_id is pending for another one: a caller-chosen id
+    routed twice (Query.decision_id). The store keeps the first logged decision, so this
+    one's Track would be credited to the other's model. Checked before the write; two
+    such Tracks racing can still both pass, and the later one then updates the first
+    decision (it is a plain duplicate when the first was tracked)."""
+    pending = await store.get(decision.query_id)
+    if pending is None:
+        return
+    kept = pending.decision
+    if (kept.created_at, kept.selected_model) != (decision.created_at, decision.selected_model):
+        raise InvalidArgument(
+            "decision.query_id",
+            f"{decision.query_id!r} is pending for another decision (model "
+            f"{kept.selected_model!r}, routed at {kept.created_at!r}), which its Track and "
+            "feedback update; track that decision (or its query_id), or give a query "
+            "routed again a new query_id",
+        )
