@@ -6,9 +6,9 @@ observation, so every sync interval has a delta to publish; a feeder process on 
 Redis namespace publishes its own for this one to merge. Snapshots every 10 s, deltas kept
 5 s. Prints p50/p99/max from the fourth second on.
 
-    python tests/sync_route_latency.py redis NAMESPACE 24 10 feeder &   # the other replica
-    python tests/sync_route_latency.py redis NAMESPACE 22 10            # measured
-    python tests/sync_route_latency.py sqlite /tmp/state.db 25 20       # one replica, SQLite
+    python benches/sync_route_latency.py redis NAMESPACE 24 10 feeder &   # the other replica
+    python benches/sync_route_latency.py redis NAMESPACE 22 10            # measured
+    python benches/sync_route_latency.py sqlite /tmp/state.db 25 20       # one replica, SQLite
 
 The Redis keys stay under the namespace (delete them with RedisPolicyStateStore.delete_all).
 
@@ -77,4 +77,6 @@ async def main(kind: str, where: str, duration_s: float, rate: float, feeder: bo
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if len(args) not in (4, 5) or args[0] not in ("redis", "sqlite"):
+        sys.exit(__doc__)
     asyncio.run(main(args[0], args[1], float(args[2]), float(args[3]), len(args) > 4))
