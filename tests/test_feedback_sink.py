@@ -8,7 +8,7 @@ import pytest
 
 from conduit_sidecar import Query, Router
 from conduit_sidecar.errors import InvalidArgument
-from conduit_sidecar.feedback import FeedbackCollector, FeedbackEvent
+from conduit_sidecar.feedback import FeedbackCollector, FeedbackEvent, ThumbsAdapter
 
 
 def small_router() -> Router:
@@ -44,7 +44,7 @@ class _NoOutcomes:
         pass
 
 
-@pytest.mark.parametrize("router", [None, object(), "router", _NoOutcomes()])
+@pytest.mark.parametrize("router", [None, object(), "router", _NoOutcomes(), Router, _DuckRouter])
 async def test_a_collector_without_a_usable_router_is_refused_at_construction(
     router: Any,
 ) -> None:
@@ -72,3 +72,10 @@ async def test_a_custom_router_with_the_two_methods_is_accepted() -> None:
     await collector.record(FeedbackEvent(decision.query_id, "thumbs", {"value": "up"}))
     assert duck.outcomes == [(decision.selected_model, 0.001, 0.5)]
     assert [model for model, _, _ in duck.applied] == [decision.selected_model]
+
+
+@pytest.mark.parametrize("adapters", [5, ThumbsAdapter()])
+def test_adapters_must_be_a_list_of_adapters(adapters: Any) -> None:
+    with pytest.raises(InvalidArgument) as info:  # was TypeError: not iterable
+        FeedbackCollector(small_router(), adapters=adapters)
+    assert info.value.field == "adapters"

@@ -101,6 +101,8 @@ class FeedbackCollector:
         self.in_doubt = InDoubtWrites()
         self._doubts_checked_at = -math.inf
         self.register_adapter(ThumbsAdapter())
+        if isinstance(adapters, FeedbackAdapter) or not isinstance(adapters, Iterable):
+            raise InvalidArgument("adapters", f"must be a list of adapters, got {adapters!r}")
         for adapter in adapters:
             self.register_adapter(adapter)
 

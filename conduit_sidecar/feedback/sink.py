@@ -39,6 +39,8 @@ def check_router(router: object) -> ObservationSink:
         for name in ("apply_observation", "record_outcome")
         if not callable(getattr(router, name, None))
     ]
+    if isinstance(router, type):  # the class has the methods, unbound: Router, not Router()
+        raise InvalidArgument("router", f"must be an instance, got the class {router!r}")
     if missing:
         raise InvalidArgument(
             "router",
