@@ -29,6 +29,8 @@ BAD_FIELDS: list[tuple[str, Any]] = [
     ("features", "0.5"),
     ("features", ["a"] * 16),
     ("features", [float("nan")] * 16),
+    ("features", [0.5] * 15),  # another router's dimension: stored, never learned from
+    ("features", (0.5,) * 17),
     ("created_at", "yesterday"),
     ("created_at", None),
     ("created_at", float("inf")),

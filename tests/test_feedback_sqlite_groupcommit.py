@@ -329,7 +329,9 @@ async def test_group_members_keep_their_own_outcomes_and_duplicates_count_once(
 
 async def test_an_unreachable_store_refuses_a_buffered_decision(tmp_path: Path) -> None:
     store = SqliteFeedbackStore(tmp_path / "missing-dir" / "f.db")
-    collector = FeedbackCollector(Router(models=["a", "b"], feature_dim=8), store)
+    collector = FeedbackCollector(
+        Router(models=["cheap-model", "mid-model", "strong-model"], feature_dim=16), store
+    )
     (decision,) = await decisions(1)
     # Not accepted silently: until a commit has succeeded, buffered callers wait.
     with pytest.raises(Unavailable, match="SQLite feedback store unreachable"):

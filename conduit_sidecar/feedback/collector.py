@@ -87,6 +87,8 @@ class FeedbackCollector:
         adapters: Iterable[FeedbackAdapter] = (),
     ) -> None:
         self.router = check_router(router)
+        dim = getattr(router, "feature_dim", None)  # a custom router may not say
+        self._feature_dim: int | None = dim if type(dim) is int else None
         if store is not None and not isinstance(store, FeedbackStore):
             raise InvalidArgument("store", f"must be a FeedbackStore, got {store!r}")
         self.store: FeedbackStore = store if store is not None else InMemoryFeedbackStore()
@@ -251,7 +253,8 @@ class FeedbackCollector:
         self, decision: RoutingDecision, ttl_seconds: float | None = None
     ) -> None:
         """Store a decision as pending without an outcome (the sidecar's Route does this)."""
-        check_decision(decision)  # before the write: a bad field would fail below it
+        # Before the write: a bad field would fail below it.
+        check_decision(decision, self._feature_dim)
         ttl = self.ttl_seconds if ttl_seconds is None else _check_ttl_arg(ttl_seconds)
         await self.store.log_decision(decision, ttl)
         if self.in_doubt:  # the store answers again: Routes settle doubts too
@@ -277,7 +280,7 @@ class FeedbackCollector:
         feedback re-applies the query's observation with the outcome folded in.
         """
         if isinstance(decision, RoutingDecision):
-            query_id, create = check_decision(decision).query_id, decision
+            query_id, create = check_decision(decision, self._feature_dim).query_id, decision
         elif isinstance(decision, str):
             query_id, create = check_id("query_id", decision), None
         else:

@@ -26,14 +26,15 @@ from conduit_sidecar.query import RoutingDecision, check_id, check_json_object, 
 from conduit_sidecar.reward import RewardWeights, as_number
 
 
-def check_decision(decision: object) -> RoutingDecision:
+def check_decision(decision: object, dim: int | None = None) -> RoutingDecision:
     """`decision` if every field is usable by the stores and the policy, else InvalidArgument
-    naming `decision.<field>` (or `decision` when it is no RoutingDecision). The feature
-    vector's length is the Router's business (it refuses a wrong one when it applies it)."""
-    if type(decision) is not RoutingDecision or not _usual(decision):
+    naming `decision.<field>` (or `decision` when it is no RoutingDecision). `dim`: the
+    router's feature dimension, when known; a decision with another number of features
+    could be stored but never learned from."""
+    if type(decision) is not RoutingDecision or not _usual(decision, dim):
         if not isinstance(decision, RoutingDecision):
             raise InvalidArgument("decision", f"must be a RoutingDecision, got {decision!r}")
-        _check_fields(decision)
+        _check_fields(decision, dim)
     metadata = decision.metadata
     if metadata or type(metadata) is not dict:  # the usual {} needs no encoding
         # The durable stores encode it as JSON: refused here, not by their encoder.
@@ -41,7 +42,7 @@ def check_decision(decision: object) -> RoutingDecision:
     return decision
 
 
-def _usual(d: RoutingDecision) -> bool:
+def _usual(d: RoutingDecision, dim: int | None) -> bool:
     """True for a decision shaped as Router.decide builds them, with finite numbers (scores
     NaN-free: an unplayed arm may score +inf); False means: look field by field. Few and
     cheap tests: this runs on every Route."""
@@ -50,6 +51,7 @@ def _usual(d: RoutingDecision) -> bool:
         if not (
             type(d.reward_weights) is RewardWeights
             and type(d.features) is list
+            and (dim is None or len(d.features) == dim)
             and type(scores) is dict
             and type(d.policy_version) is int
             and type(d.reasoning) is str
@@ -72,7 +74,7 @@ def _usual(d: RoutingDecision) -> bool:
     return True
 
 
-def _check_fields(d: RoutingDecision) -> None:
+def _check_fields(d: RoutingDecision, dim: int | None) -> None:
     check_id("decision.query_id", d.query_id)
     model = d.selected_model
     if not isinstance(model, str) or not model.strip():
@@ -84,8 +86,14 @@ def _check_fields(d: RoutingDecision) -> None:
     features: Any = d.features
     if isinstance(features, str | bytes | Mapping) or not hasattr(features, "__iter__"):
         raise InvalidArgument("decision.features", f"must be a list of numbers, got {features!r}")
+    count = 0
     for value in features:
         _finite("decision.features", value)
+        count += 1
+    if dim is not None and count != dim:
+        raise InvalidArgument(
+            "decision.features", f"{count} values; the router's feature dimension is {dim}"
+        )
     scores: Any = d.scores
     if not isinstance(scores, Mapping):
         raise InvalidArgument("decision.scores", f"must be a mapping, got {scores!r}")
