@@ -45,6 +45,7 @@ BAD_FIELDS: list[tuple[str, Any]] = [
     ("query_id", "a\x00b"),
     ("session_id", 7),
     ("user_id", 7),
+    ("user_id", "\udc80"),  # not valid Unicode: the durable stores could not encode it
     ("metadata", {"at": object()}),
     ("metadata", ["not", "a", "mapping"]),
 ]

@@ -57,7 +57,7 @@ def _usual(d: RoutingDecision, dim: int | None) -> bool:
             and type(d.reasoning) is str
             and type(d.selected_model) is str
             and d.selected_model in scores  # "".join below proves every key a string
-            and (d.user_id is None or (type(d.user_id) is str and d.user_id.isascii()))
+            and (d.user_id is None or type(d.user_id) is str)
             # A finite sum proves every term a finite number (a string or None raises
             # TypeError); huge values whose sum overflows take the slow path.
             and math.isfinite(d.confidence + d.propensity + d.created_at + sum(d.features))
@@ -71,6 +71,8 @@ def _usual(d: RoutingDecision, dim: int | None) -> bool:
     check_id("decision.query_id", d.query_id)
     if d.session_id is not None:
         check_id("decision.session_id", d.session_id)
+    if d.user_id is not None:
+        check_unicode("decision.user_id", d.user_id)  # free for ASCII
     return True
 
 
