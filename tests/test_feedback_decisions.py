@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import pytest
 
 from conduit_sidecar import Constraints, Query, Router
@@ -27,6 +28,7 @@ BAD_FIELDS: list[tuple[str, Any]] = [
     ("scores", {object(): 1.0}),
     ("features", None),
     ("features", "0.5"),
+    ("features", iter([0.5] * 16)),  # would be used up by a check
     ("features", ["a"] * 16),
     ("features", [float("nan")] * 16),
     ("features", [0.5] * 15),  # another router's dimension: stored, never learned from
@@ -98,6 +100,7 @@ def test_valid_decisions_of_other_shapes_pass() -> None:
     assert check_decision(decision) is decision
     variants: list[dict[str, Any]] = [
         {"features": tuple(decision.features)},
+        {"features": np.array(decision.features)},
         {"features": [1e308] * 16},
         {"features": [1] * 16, "confidence": 1, "propensity": 1, "created_at": 1},
         {"scores": {"cheap-model": float("inf"), "mid-model": 0.5}},

@@ -86,7 +86,10 @@ def _check_fields(d: RoutingDecision, dim: int | None) -> None:
     _finite("decision.propensity", d.propensity)
     _finite("decision.created_at", d.created_at)
     features: Any = d.features
-    if isinstance(features, str | bytes | Mapping) or not hasattr(features, "__iter__"):
+    # A sequence (list, tuple, array): an iterator would be used up by this very check.
+    if isinstance(features, str | bytes | Mapping) or not (
+        hasattr(features, "__len__") and hasattr(features, "__getitem__")
+    ):
         raise InvalidArgument("decision.features", f"must be a list of numbers, got {features!r}")
     count = 0
     for value in features:
