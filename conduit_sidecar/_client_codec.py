@@ -85,7 +85,10 @@ def route_request(query: Query, include_features: bool, ttl_s: float | None) -> 
         metadata={str(k): str(v) for k, v in query.metadata.items()},
         features=query.features if query.features is not None else (),
         preference=query.preference or "",
-        query_id=query.query_id or "",
+        # Once per route call, before its retries (a retried RPC carries the same id and
+        # the sidecar answers the decision it logged): a generated id names the first
+        # decision only, as the embedded Router's (Query.decision_id).
+        query_id=query.decision_id(),
         include_features=include_features,
     )
     if query.reward_weights is not None:
