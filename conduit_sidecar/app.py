@@ -25,6 +25,9 @@ log = logging.getLogger("conduit_sidecar.app")
 # How long close() waits for store writes whose callers are gone (SQLite's busy timeout is
 # 10 s); only a store that hangs past its own timeouts makes shutdown wait this long.
 SETTLE_TIMEOUT_S = 15.0
+# How long close() spends, once, settling the collector's writes in doubt (each store call
+# is bounded by the store's own timeout; this bounds the whole pass over the ledger).
+RESOLVE_IN_DOUBT_TIMEOUT_S = 5.0
 # How long closing a store may take at shutdown (a flush of buffered SQLite writes waits up
 # to its 10 s busy timeout). A connection pool waits for its connections forever, and one
 # stuck on an unresponsive server (a network partition) never comes back.
@@ -174,9 +177,10 @@ class SidecarApp:
         return app
 
     async def close(self) -> None:
-        """Lets feedback writes already under way finish, publishes the last policy delta and
-        snapshot, then closes the stores."""
+        """Lets feedback writes already under way finish, settles writes in doubt, publishes
+        the last policy delta and snapshot, then closes the stores."""
         await self._settle_feedback()
+        await self._resolve_in_doubt()
         if self.synchronizer is not None:
             try:
                 await self.synchronizer.stop()
@@ -200,6 +204,46 @@ class SidecarApp:
                 late,
                 SETTLE_TIMEOUT_S,
             )
+
+    async def _resolve_in_doubt(self) -> None:
+        """One bounded try at the collector's writes in doubt, before the last delta is
+        published.
+
+        They are otherwise settled in the background after the next write that works; at
+        shutdown there is no next write, and a write that landed unnoticed (its mark kept,
+        so the client's retry is a duplicate) would lose its learning for good. A store
+        still unreachable is logged, not raised: the shutdown goes on.
+        """
+        doubts = len(self.collector.in_doubt)
+        if not doubts:
+            return
+        try:
+            # One pass over the whole ledger (it is bounded by MAX_IN_DOUBT).
+            settled = await asyncio.wait_for(
+                self.collector.resolve_in_doubt(batch=doubts), RESOLVE_IN_DOUBT_TIMEOUT_S
+            )
+        except TimeoutError:
+            log.warning(
+                "settling %d feedback write(s) in doubt took over %.0fs; the learning of "
+                "those that took effect is lost",
+                doubts,
+                RESOLVE_IN_DOUBT_TIMEOUT_S,
+            )
+            return
+        except Exception:
+            log.exception("settling %d feedback write(s) in doubt failed", doubts)
+            return
+        left = len(self.collector.in_doubt)
+        if left:
+            log.warning(
+                "%d of %d feedback write(s) in doubt could not be settled at shutdown (the "
+                "store did not answer, or they have not landed); the learning of those that "
+                "took effect is lost",
+                left,
+                doubts,
+            )
+        elif settled:
+            log.info("settled %d feedback write(s) in doubt at shutdown", settled)
 
 
 async def start_synchronizer(
