@@ -12,15 +12,13 @@ behind a TCP relay that lets a COMMIT through and drops the server's reply.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from net_relay import CommitReplyDropper
 from redis.asyncio import Redis
 from sync_cluster import PrivateRedis
 
@@ -59,52 +57,6 @@ while true do
 end
 return n
 """
-
-
-class CommitReplyDropper:
-    """A TCP relay to PostgreSQL that, once armed, forwards the next COMMIT and drops every
-    byte the server sends back on that connection: the transaction commits, its
-    acknowledgement never arrives (the client times out)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.armed = threading.Event()
-        self.sockets: list[socket.socket] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                return
-            self.sockets += [client, upstream]
-            dropping = threading.Event()
-            for src, dst, outbound in ((client, upstream, True), (upstream, client, False)):
-                args = (src, dst, outbound, dropping)
-                threading.Thread(target=self._pump, args=args, daemon=True).start()
-
-    def _pump(
-        self, src: socket.socket, dst: socket.socket, outbound: bool, dropping: threading.Event
-    ) -> None:
-        try:
-            while data := src.recv(65536):
-                if outbound and self.armed.is_set() and b"COMMIT" in data:
-                    self.armed.clear()
-                    dropping.set()  # before the COMMIT leaves: its reply is dropped
-                if not outbound and dropping.is_set():
-                    continue
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-
-    def close(self) -> None:
-        for sock in (self.listener, *self.sockets):
-            sock.close()
 
 
 def _learned(router: Router) -> tuple[float, float, int]:
@@ -146,11 +98,9 @@ async def redis_stalling(private_redis: str) -> AsyncIterator[tuple[RedisFeedbac
 
 @pytest.fixture
 async def postgres_dropping() -> AsyncIterator[tuple[PostgresFeedbackStore, CommitReplyDropper]]:
-    url = urlsplit(POSTGRES_URL)
-    relay = CommitReplyDropper(url.hostname or "127.0.0.1", url.port or 5432)
-    relayed = url._replace(netloc=f"{url.username}@127.0.0.1:{relay.port}").geturl()
+    relay = CommitReplyDropper.to(POSTGRES_URL)
     schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
-    store = PostgresFeedbackStore(relayed, schema=schema, command_timeout_s=1.0)
+    store = PostgresFeedbackStore(relay.relayed(POSTGRES_URL), schema=schema, command_timeout_s=1.0)
     try:
         yield store, relay
     finally:

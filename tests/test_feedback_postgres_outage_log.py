@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import threading
 import time
 import uuid
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from net_relay import SwitchableRelay
 
 from conduit_sidecar import Query, Router
 from conduit_sidecar.errors import Unavailable
@@ -22,61 +20,17 @@ from conduit_sidecar.feedback.stores.postgres_pool import FLOOR_FILTER
 from tests.conftest import POSTGRES_URL
 
 
-class SwitchableRelay:
-    """A TCP relay to the real server that can be cut (open connections drop, new ones are
-    closed as soon as they are accepted) and restored, without stopping the shared server."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.down = threading.Event()
-        self.live: list[socket.socket] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-                if self.down.is_set():
-                    client.close()
-                    continue
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                return
-            self.live += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-
-    def cut(self) -> None:
-        self.down.set()
-        live, self.live = self.live, []
-        for sock in live:
-            sock.close()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 async def test_an_outage_logs_one_warning_without_tracebacks(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    url = urlsplit(POSTGRES_URL)
-    relay = SwitchableRelay(url.hostname or "127.0.0.1", url.port or 5432)
-    relayed = url._replace(netloc=f"{url.username}@127.0.0.1:{relay.port}").geturl()
+    relay = SwitchableRelay.to(POSTGRES_URL)
     schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
     store = PostgresFeedbackStore(
-        relayed, schema=schema, min_pool_size=2, connect_timeout_s=1.0, command_timeout_s=1.0
+        relay.relayed(POSTGRES_URL),
+        schema=schema,
+        min_pool_size=2,
+        connect_timeout_s=1.0,
+        command_timeout_s=1.0,
     )
     router = Router(models=["a", "b"], feature_dim=16)
     collector = FeedbackCollector(router, store)
