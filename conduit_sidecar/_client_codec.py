@@ -85,10 +85,6 @@ def route_request(query: Query, include_features: bool, ttl_s: float | None) -> 
         metadata={str(k): str(v) for k, v in query.metadata.items()},
         features=query.features if query.features is not None else (),
         preference=query.preference or "",
-        # Once per route call, before its retries (a retried RPC carries the same id and
-        # the sidecar answers the decision it logged): a generated id names the first
-        # decision only, as the embedded Router's (Query.decision_id).
-        query_id=query.decision_id(),
         include_features=include_features,
     )
     if query.reward_weights is not None:
@@ -108,6 +104,11 @@ def route_request(query: Query, include_features: bool, ttl_s: float | None) -> 
         )
     if ttl_s is not None:
         _set(request, ttl_s=ttl_s)
+    # Once per route call, before its retries (a retried RPC carries the same id and the
+    # sidecar answers the decision it logged): a generated id names the first decision only,
+    # as the embedded Router's (Query.decision_id). Last, so that a request refused above
+    # uses up no id, as the Router takes it only when it decides.
+    request.query_id = query.decision_id()
     return request
 
 

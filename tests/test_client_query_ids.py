@@ -9,11 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import pytest
 from grpc_fixtures import Sidecar, sidecar
 
 from conduit_sidecar._proto import conduit_pb2 as pb
 from conduit_sidecar._proto import conduit_pb2_grpc as pb_grpc
 from conduit_sidecar.client import AsyncConduitClient, ConduitClient
+from conduit_sidecar.errors import InvalidArgument
 from conduit_sidecar.feedback import FeedbackEvent
 from conduit_sidecar.query import Query
 
@@ -46,6 +48,16 @@ async def test_one_query_routed_twice_is_two_decisions_async(sidecar: Sidecar) -
         await client.track(second, cost=0.001, latency=0.5)
         event = FeedbackEvent(second.query_id, "thumbs", {"value": "down"})
         assert not (await client.record(event)).duplicate
+
+
+def test_a_route_refused_before_sending_uses_up_no_id(sidecar: Sidecar) -> None:
+    with ConduitClient(sidecar.target) as client:
+        query = Query(text="First refused, then routed.")
+        with pytest.raises(InvalidArgument, match="ttl_s"):
+            client.route(query, ttl_s="soon")  # type: ignore[arg-type]
+        # No decision was made: the first one still gets the query's own id, as through
+        # the embedded Router.
+        assert client.route(query).query_id == query.query_id
 
 
 def test_an_id_the_caller_chose_names_every_decision(sidecar: Sidecar) -> None:
