@@ -12,13 +12,14 @@
 //! u32, per arm: name, `Σ dw`, `Σ c`, count, then for linear deltas the packed matrix and
 //! the vector; a CRC-32 of all of it.
 
-use crate::arm::{Arm, ScalarSums};
+use crate::arm::ScalarSums;
 use crate::bandit::{check_arm_name, Bandit};
 use crate::codec::{Reader, Writer};
 use crate::error::{CoreError, CoreResult};
 use crate::kernels::{packed_len, row_start};
 use crate::linalg::invert_spd_packed;
 use crate::linear::LinearStats;
+use crate::merge::Staged;
 use crate::policy::PolicyConfig;
 
 const MAGIC: &[u8; 8] = b"CNDTDLTA";
@@ -104,7 +105,7 @@ impl Bandit {
             return Ok(skipped);
         }
         // Build every merged arm aside, then commit, so a failure leaves the policy as it was.
-        let mut staged: Vec<(Option<usize>, Arm)> = Vec::with_capacity(deltas.len());
+        let mut staged: Vec<Staged> = Vec::with_capacity(deltas.len());
         for d in deltas {
             let existing = self.index.get(&d.name).copied();
             let mut arm = match existing {
@@ -118,18 +119,7 @@ impl Bandit {
             }
             staged.push((existing, arm));
         }
-        for (slot, arm) in staged {
-            match slot {
-                Some(i) => self.arms[i] = arm,
-                None => {
-                    self.index.insert(arm.name.clone(), self.arms.len());
-                    self.arms.push(arm);
-                }
-            }
-        }
-        self.version += 1;
-        self.merged_versions += 1;
-        self.bump_merge_epoch();
+        self.install_merged(staged, None);
         Ok(skipped)
     }
 }

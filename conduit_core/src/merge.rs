@@ -57,7 +57,7 @@ impl Shared for Mutex<Bandit> {
 }
 
 /// An arm cloned for a merge: its slot (`None`: new to this policy) and the clone.
-type Staged = (Option<usize>, Arm);
+pub(crate) type Staged = (Option<usize>, Arm);
 
 /// What phase 1 made of one arm of the delta.
 enum Stage {
@@ -138,11 +138,22 @@ impl Bandit {
             return None;
         }
         let journal = self.journal.take().unwrap_or_default();
+        Some(self.install_merged(staged, Some(&journal)))
+    }
+
+    /// Puts merged arms built aside in place, each in its slot (the arm it replaces is
+    /// returned, for the caller to drop) or as a new arm, after replaying on it what
+    /// `journal` recorded for its slot meanwhile; then counts the merge.
+    pub(crate) fn install_merged(
+        &mut self,
+        staged: Vec<Staged>,
+        journal: Option<&Journal>,
+    ) -> Vec<Arm> {
         let mut replaced = Vec::with_capacity(staged.len());
         for (slot, mut arm) in staged {
             match slot {
                 Some(i) => {
-                    let ops = journal.arms.iter().find(|(k, _)| *k == i);
+                    let ops = journal.and_then(|j| j.arms.iter().find(|(k, _)| *k == i));
                     for op in ops.map(|(_, ops)| ops.as_slice()).unwrap_or_default() {
                         let op = (op.x.as_slice(), op.dw, op.c, op.new_obs, op.discount);
                         Self::apply_to_arm(&self.config, &mut self.scratch, &mut arm, op);
@@ -158,7 +169,7 @@ impl Bandit {
         self.version += 1;
         self.merged_versions += 1;
         self.bump_merge_epoch();
-        Some(replaced)
+        replaced
     }
 
     /// Drops the journal of a merge that failed (nothing else changed).
