@@ -22,7 +22,7 @@ from net_relay import CommitReplyDropper
 from redis.asyncio import Redis
 from sync_cluster import PrivateRedis
 
-from conduit_sidecar import Query, Router
+from conduit_sidecar import Query, Router, RoutingDecision
 from conduit_sidecar.errors import Unavailable
 from conduit_sidecar.feedback import (
     FeedbackCollector,
@@ -119,11 +119,40 @@ async def _stall_redis(admin: Redis) -> asyncio.Future[object]:
     return busy
 
 
+async def _record_during_stall(
+    admin: Redis, collector: FeedbackCollector, event: FeedbackEvent
+) -> None:
+    """Records `event` while the Redis server is busy: the call times out, and the server
+    runs the timed-out script right after the stall (awaited here)."""
+    busy = await _stall_redis(admin)
+    with pytest.raises(Unavailable):
+        await collector.record(event)
+    await busy
+
+
+def _collector(store: FeedbackStore) -> tuple[Router, FeedbackCollector]:
+    router = Router(models=MODELS, feature_dim=16)
+    return router, FeedbackCollector(router, store, adapters=builtin_adapters())
+
+
+async def _tracked(
+    store: FeedbackStore, text: str, session_id: str | None = None
+) -> tuple[Router, FeedbackCollector, RoutingDecision]:
+    """A router and its collector on `store`, and one of its decisions, tracked."""
+    router, collector = _collector(store)
+    decision = await router.route(Query(text=text, session_id=session_id))
+    await collector.track(decision)
+    return router, collector, decision
+
+
+def _thumbs_up(decision: RoutingDecision) -> FeedbackEvent:
+    return FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
+
+
 async def _check_learned_once_after_retry(
-    store: FeedbackStore, collector: FeedbackCollector, router: Router, query_id: str,
-    event: FeedbackEvent,
-) -> None:  # fmt: skip
-    pending = await store.get(query_id)
+    store: FeedbackStore, collector: FeedbackCollector, router: Router, event: FeedbackEvent
+) -> None:
+    pending = await store.get(event.query_id)
     assert pending is not None
     assert pending.accumulators.quality_den == 1.0  # the store recorded the signal...
     assert _learned(router) == (0.0, 0.0, 0)  # ...the policy never heard of it
@@ -142,43 +171,31 @@ async def test_redis_write_run_after_its_timeout_is_learned_once_on_retry(
     redis_stalling: tuple[RedisFeedbackStore, Redis],
 ) -> None:
     store, admin = redis_stalling
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
-    decision = await router.route(Query(text="stalled"))
-    await collector.track(decision)
-    event = FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
-    busy = await _stall_redis(admin)
-    with pytest.raises(Unavailable):
-        await collector.record(event)
-    await busy  # the server ran the timed-out script right after it
-    await _check_learned_once_after_retry(store, collector, router, decision.query_id, event)
+    router, collector, decision = await _tracked(store, "stalled")
+    event = _thumbs_up(decision)
+    await _record_during_stall(admin, collector, event)
+    await _check_learned_once_after_retry(store, collector, router, event)
 
 
 async def test_postgres_commit_whose_acknowledgement_was_lost_is_learned_once_on_retry(
     postgres_dropping: tuple[PostgresFeedbackStore, CommitReplyDropper],
 ) -> None:
     store, relay = postgres_dropping
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
-    decision = await router.route(Query(text="lost ack"))
-    await collector.track(decision)
-    event = FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
+    router, collector, decision = await _tracked(store, "lost ack")
+    event = _thumbs_up(decision)
     relay.armed.set()
     with pytest.raises(Unavailable):
         await collector.record(event)
     assert not relay.armed.is_set()  # the COMMIT went through the relay
-    await _check_learned_once_after_retry(store, collector, router, decision.query_id, event)
+    await _check_learned_once_after_retry(store, collector, router, event)
 
 
 async def test_a_retry_of_a_write_that_was_applied_stays_a_duplicate(
     redis_stalling: tuple[RedisFeedbackStore, Redis],
 ) -> None:
     store, _ = redis_stalling
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
-    decision = await router.route(Query(text="fine", session_id="s-1"))
-    await collector.track(decision)
-    event = FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
+    router, collector, decision = await _tracked(store, "fine", session_id="s-1")
+    event = _thumbs_up(decision)
     first = await collector.record(event)
     learned = _learned(router)
     assert learned[2] == 1 and not first.duplicate
@@ -199,9 +216,8 @@ async def test_a_write_in_doubt_whose_retry_reached_another_replica_is_settled_b
     redis_stalling: tuple[RedisFeedbackStore, Redis],
 ) -> None:
     store, admin = redis_stalling
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
-    replica = FeedbackCollector(Router(models=MODELS, feature_dim=16), store)
+    router, collector = _collector(store)
+    _, replica = _collector(store)
     # In a session: Track then sends its script at once (no lookup of the session first).
     decision = await router.route(Query(text="stalled", session_id="s-1"))
     await collector.log_decision(decision)
@@ -241,15 +257,11 @@ async def test_writes_in_doubt_are_settled_after_the_next_write_that_works(
     redis_stalling: tuple[RedisFeedbackStore, Redis],
 ) -> None:
     store, admin = redis_stalling
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
+    router, collector = _collector(store)
     first, second = [await router.route(Query(text=f"turn {i}")) for i in range(2)]
     for decision in (first, second):
         await collector.track(decision)
-    busy = await _stall_redis(admin)
-    with pytest.raises(Unavailable):
-        await collector.record(FeedbackEvent(first.query_id, "thumbs", {"value": "up"}))
-    await busy
+    await _record_during_stall(admin, collector, _thumbs_up(first))
     # No retry of that one; the next write works and the check follows in the background.
     await collector.record(FeedbackEvent(second.query_id, "thumbs", {"value": "down"}))
     assert await collector.settle(5.0) == 0
@@ -261,14 +273,9 @@ async def test_a_route_settles_writes_in_doubt_too(
     redis_stalling: tuple[RedisFeedbackStore, Redis],
 ) -> None:
     store, admin = redis_stalling
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
-    decision = await router.route(Query(text="stalled"))
-    await collector.track(decision)
-    busy = await _stall_redis(admin)
-    with pytest.raises(Unavailable):
-        await collector.record(FeedbackEvent(decision.query_id, "rating", {"rating": 5}))
-    await busy
+    router, collector, decision = await _tracked(store, "stalled")
+    rating = FeedbackEvent(decision.query_id, "rating", {"rating": 5})
+    await _record_during_stall(admin, collector, rating)
     # Only Routes after the stall (the sidecar logs each decision): they settle it.
     await collector.log_decision(await router.route(Query(text="next")))
     assert await collector.settle(5.0) == 0
@@ -279,11 +286,8 @@ async def test_a_write_that_never_reached_the_store_stays_unapplied(
     redis_stalling: tuple[RedisFeedbackStore, Redis],
 ) -> None:
     store, _ = redis_stalling
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
-    decision = await router.route(Query(text="refused"))
-    await collector.track(decision)
-    event = FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
+    router, _, decision = await _tracked(store, "refused")
+    event = _thumbs_up(decision)
     # A store that refuses connections (a closed port): the write never happens.
     down = RedisFeedbackStore(
         Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2),
@@ -345,11 +349,8 @@ async def test_marks_stored_by_the_previous_version_are_read_and_stay_duplicates
     durable_store_factory: StoreFactory,
 ) -> None:
     store = await durable_store_factory.open()
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
-    decision = await router.route(Query(text="upgraded"))
-    await collector.track(decision)
-    event = FeedbackEvent(decision.query_id, "thumbs", {"value": "up"})
+    router, collector, decision = await _tracked(store, "upgraded")
+    event = _thumbs_up(decision)
     await collector.record(event)
     await _store_old_mark(store, decision.query_id, "signal:thumbs")
     old = await store.read_mark(decision.query_id, "signal:thumbs")
@@ -383,8 +384,7 @@ async def test_a_failed_sqlite_write_is_not_in_doubt(tmp_path: Path) -> None:
     # SQLite's group commit stores nothing of a batch that failed: no doubt to settle.
     (tmp_path / "feedback.db").mkdir()  # a directory where the database file should be
     store = SqliteFeedbackStore(tmp_path / "feedback.db")
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store)
+    router, collector = _collector(store)
     with pytest.raises(Unavailable):
         await collector.track(await router.route(Query(text="nowhere")))
     assert len(collector.in_doubt) == 0
