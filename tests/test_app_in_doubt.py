@@ -14,10 +14,10 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from net_relay import CommitReplyDropper
 from redis.asyncio import Redis
 from sync_cluster import PrivateRedis
 
@@ -27,13 +27,6 @@ from conduit_sidecar.config import SidecarConfig
 from conduit_sidecar.errors import Unavailable
 from conduit_sidecar.feedback import FeedbackEvent
 from tests.conftest import POSTGRES_URL
-
-try:
-    from net_relay import CommitReplyDropper
-except ImportError:
-    # The relay is moving from test_feedback_in_doubt to net_relay (another helper's
-    # uncommitted change at the time of writing); either place gives the same relay.
-    from test_feedback_in_doubt import CommitReplyDropper  # type: ignore[no-redef]
 
 # Keeps the Redis server busy for ARGV[1] microseconds (it runs one command at a time).
 BUSY_SCRIPT = """
@@ -143,9 +136,8 @@ async def test_close_logs_doubts_it_cannot_settle_and_goes_on(
 
 
 async def test_close_learns_a_postgres_commit_whose_acknowledgement_was_lost() -> None:
-    url = urlsplit(POSTGRES_URL)
-    relay = CommitReplyDropper(url.hostname or "127.0.0.1", url.port or 5432)
-    relayed = url._replace(netloc=f"{url.username}@127.0.0.1:{relay.port}").geturl()
+    relay = CommitReplyDropper.to(POSTGRES_URL)
+    relayed = relay.relayed(POSTGRES_URL)
     namespace = f"app_doubt_{uuid.uuid4().hex[:10]}"
     # No sync during the test (30 s): the armed relay meets the feedback write's COMMIT.
     config = SidecarConfig(store_url=relayed, sync_interval_s=30.0, state_namespace=namespace)
