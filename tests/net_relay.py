@@ -2,15 +2,24 @@
 produce without stopping the shared test server: a hung server or a partition
 (FreezableRelay), a lost acknowledgement (CommitReplyDropper), an outage and its end
 (SwitchableRelay). Relay is their common accept loop and pumps; each variant only says what
-it does to a new connection (_admit) and to the bytes it carries (_forward)."""
+it does to a new connection (_admit) and to the bytes it carries (_forward).
+postgres_store_behind gives a feedback store of its own schema reaching PostgreSQL through
+one of them."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from typing import Self
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Self
 from urllib.parse import urlsplit
+
+import asyncpg
+
+from conduit_sidecar.feedback import PostgresFeedbackStore
 
 # One relayed connection: the client's socket and the server's.
 Connection = tuple[socket.socket, socket.socket]
@@ -137,3 +146,24 @@ class SwitchableRelay(Relay):
         live, self.sockets = self.sockets, []
         for sock in live:
             sock.close()
+
+
+@asynccontextmanager
+async def postgres_store_behind(
+    relay: Relay, url: str, **options: Any
+) -> AsyncIterator[PostgresFeedbackStore]:
+    """A PostgresFeedbackStore (`options` passed on) in a schema of its own on the server of
+    `url`, reached through `relay`. On exit the store and the relay close, then the schema is
+    dropped over a direct connection."""
+    schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
+    store = PostgresFeedbackStore(relay.relayed(url), schema=schema, **options)
+    try:
+        yield store
+    finally:
+        await store.close()
+        relay.close()
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()

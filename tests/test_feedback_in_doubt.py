@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from net_relay import CommitReplyDropper
+from net_relay import CommitReplyDropper, postgres_store_behind
 from redis.asyncio import Redis
 from sync_cluster import PrivateRedis
 
@@ -99,18 +99,8 @@ async def redis_stalling(private_redis: str) -> AsyncIterator[tuple[RedisFeedbac
 @pytest.fixture
 async def postgres_dropping() -> AsyncIterator[tuple[PostgresFeedbackStore, CommitReplyDropper]]:
     relay = CommitReplyDropper.to(POSTGRES_URL)
-    schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
-    store = PostgresFeedbackStore(relay.relayed(POSTGRES_URL), schema=schema, command_timeout_s=1.0)
-    try:
+    async with postgres_store_behind(relay, POSTGRES_URL, command_timeout_s=1.0) as store:
         yield store, relay
-    finally:
-        await store.close()
-        relay.close()
-        conn = await asyncpg.connect(POSTGRES_URL)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
 
 
 async def _stall_redis(admin: Redis) -> asyncio.Future[object]:

@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
-import asyncpg
 import pytest
-from net_relay import SwitchableRelay
+from net_relay import SwitchableRelay, postgres_store_behind
 
 from conduit_sidecar import Query, Router
 from conduit_sidecar.errors import Unavailable
-from conduit_sidecar.feedback import FeedbackCollector, PostgresFeedbackStore
+from conduit_sidecar.feedback import FeedbackCollector
 from conduit_sidecar.feedback.stores.postgres_pool import FLOOR_FILTER
 from tests.conftest import POSTGRES_URL
 
@@ -24,17 +22,11 @@ async def test_an_outage_logs_one_warning_without_tracebacks(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     relay = SwitchableRelay.to(POSTGRES_URL)
-    schema = f"conduit_test_{uuid.uuid4().hex[:12]}"
-    store = PostgresFeedbackStore(
-        relay.relayed(POSTGRES_URL),
-        schema=schema,
-        min_pool_size=2,
-        connect_timeout_s=1.0,
-        command_timeout_s=1.0,
-    )
-    router = Router(models=["a", "b"], feature_dim=16)
-    collector = FeedbackCollector(router, store)
-    try:
+    async with postgres_store_behind(
+        relay, POSTGRES_URL, min_pool_size=2, connect_timeout_s=1.0, command_timeout_s=1.0
+    ) as store:
+        router = Router(models=["a", "b"], feature_dim=16)
+        collector = FeedbackCollector(router, store)
         await store.initialize()
         await collector.log_decision(await router.route(Query(text="before")))
         caplog.set_level(logging.DEBUG)
@@ -59,14 +51,6 @@ async def test_an_outage_logs_one_warning_without_tracebacks(
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
         await collector.log_decision(await router.route(Query(text="after again")))
-    finally:
-        await store.close()
-        relay.close()
-        conn = await asyncpg.connect(POSTGRES_URL)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
     tracebacks = [r for r in caplog.records if r.exc_info or r.exc_text]
     assert tracebacks == []
     ours = [r for r in caplog.records if r.name == "conduit_sidecar.feedback.stores.postgres_pool"]
