@@ -3,10 +3,11 @@ and a retry of a signal stored under the old key format is still a duplicate."""
 
 from __future__ import annotations
 
-from conduit_sidecar import Query, Router
+from conduit_sidecar import Query, Router, RoutingDecision
 from conduit_sidecar.feedback import (
     FeedbackCollector,
     FeedbackEvent,
+    FeedbackStore,
     SessionFeedback,
     builtin_adapters,
 )
@@ -21,14 +22,25 @@ def _weight_sum(router: Router) -> float:
     return sum(s.weight_sum for s in router.policy.arm_stats().values())
 
 
+def _collector(store: FeedbackStore) -> tuple[Router, FeedbackCollector]:
+    router = Router(models=MODELS, feature_dim=16)
+    return router, FeedbackCollector(router, store, adapters=builtin_adapters())
+
+
+async def _tracked_turn(
+    router: Router, collector: FeedbackCollector, session_id: str
+) -> RoutingDecision:
+    """A decision for a turn of session `session_id`, tracked (the session's latest turn)."""
+    decision = await router.route(Query(text="turn", session_id=session_id))
+    await collector.track(decision, cost=0.001)
+    return decision
+
+
 async def test_an_explicit_key_named_like_a_signal_type_is_its_own_signal(
     store_factory: StoreFactory,
 ) -> None:
-    store = await store_factory.open()
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
-    decision = await router.route(Query(text="turn", session_id="s:1"))
-    await collector.track(decision, cost=0.001)
+    router, collector = _collector(await store_factory.open())
+    await _tracked_turn(router, collector, "s:1")
     keyed = SessionFeedback("s:1", "rating", {"rating": 5}, idempotency_key="thumbs")
     [first] = await collector.record_session_feedback(keyed)
     assert not first.duplicate
@@ -45,8 +57,7 @@ async def test_an_explicit_key_named_like_a_signal_type_is_its_own_signal(
     )
     assert again.duplicate and again.signal_type == "thumbs"
     # Session ids containing the separator do not collide with one another either.
-    other = await router.route(Query(text="turn", session_id="s"))
-    await collector.track(other, cost=0.001)
+    await _tracked_turn(router, collector, "s")
     [own] = await collector.record_session_feedback(
         SessionFeedback("s", "thumbs", {"value": "up"}, idempotency_key="1:thumbs")
     )
@@ -57,10 +68,8 @@ async def test_a_retry_of_a_signal_stored_under_the_old_key_format_is_a_duplicat
     store_factory: StoreFactory,
 ) -> None:
     store = await store_factory.open()
-    router = Router(models=MODELS, feature_dim=16)
-    collector = FeedbackCollector(router, store, adapters=builtin_adapters())
-    decision = await router.route(Query(text="turn", session_id="sess"))
-    await collector.track(decision, cost=0.001)
+    router, collector = _collector(store)
+    decision = await _tracked_turn(router, collector, "sess")
     # What the previous version wrote for SessionFeedback("sess", "thumbs") and for
     # SessionFeedback("sess", "rating", idempotency_key="k-1"): `session:{sid}:{key or type}`.
     for old_key, signal, reward in (
