@@ -174,6 +174,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Keeps the Redis server busy for ARGV[1] microseconds (it runs one command at a time), as a
+# slow command from another client does: commands arriving meanwhile wait in their sockets.
+BUSY_SCRIPT = """
+local t = redis.call('TIME')
+local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = 0
+while true do
+  n = n + 1
+  if n % 1000 == 0 then
+    local u = redis.call('TIME')
+    if tonumber(u[1]) * 1000000 + tonumber(u[2]) - start > tonumber(ARGV[1]) then break end
+  end
+end
+return n
+"""
+
+
 class PrivateRedis:
     """A redis-server this test owns (append-only file, so a restart keeps its data)."""
 

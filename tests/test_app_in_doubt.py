@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 from net_relay import CommitReplyDropper
 from redis.asyncio import Redis
-from sync_cluster import PrivateRedis
+from sync_cluster import BUSY_SCRIPT, PrivateRedis
 
 from conduit_sidecar import Query
 from conduit_sidecar.app import SidecarApp
@@ -27,21 +27,6 @@ from conduit_sidecar.config import SidecarConfig
 from conduit_sidecar.errors import Unavailable
 from conduit_sidecar.feedback import FeedbackEvent
 from tests.conftest import POSTGRES_URL
-
-# Keeps the Redis server busy for ARGV[1] microseconds (it runs one command at a time).
-BUSY_SCRIPT = """
-local t = redis.call('TIME')
-local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = 0
-while true do
-  n = n + 1
-  if n % 1000 == 0 then
-    local u = redis.call('TIME')
-    if tonumber(u[1]) * 1000000 + tonumber(u[2]) - start > tonumber(ARGV[1]) then break end
-  end
-end
-return n
-"""
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 from net_relay import CommitReplyDropper, postgres_store_behind
 from redis.asyncio import Redis
-from sync_cluster import PrivateRedis
+from sync_cluster import BUSY_SCRIPT, PrivateRedis
 
 from conduit_sidecar import Query, Router, RoutingDecision
 from conduit_sidecar.errors import Unavailable
@@ -41,22 +41,6 @@ from conduit_sidecar.feedback.stores.in_doubt import InDoubtWrites
 from tests.conftest import POSTGRES_URL, StoreFactory
 
 MODELS = ["a", "b"]
-
-# Keeps the Redis server busy for ARGV[1] microseconds (it runs one command at a time), as a
-# slow command from another client does: commands arriving meanwhile wait in their sockets.
-BUSY_SCRIPT = """
-local t = redis.call('TIME')
-local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = 0
-while true do
-  n = n + 1
-  if n % 1000 == 0 then
-    local u = redis.call('TIME')
-    if tonumber(u[1]) * 1000000 + tonumber(u[2]) - start > tonumber(ARGV[1]) then break end
-  end
-end
-return n
-"""
 
 
 def _learned(router: Router) -> tuple[float, float, int]:
