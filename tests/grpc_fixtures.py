@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +114,17 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
 def stub(sidecar: Sidecar) -> Iterator[Any]:
     with sidecar.channel() as channel:
         yield sidecar.stub(channel)
+
+
+@contextmanager
+def serving(servicer: Any) -> Iterator[str]:
+    """A test's own ConduitService implementation (e.g. one that fails on purpose) served on a
+    free loopback port; yields its target."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    conduit_pb2_grpc.add_ConduitServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)

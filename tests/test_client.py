@@ -9,13 +9,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from grpc_fixtures import Sidecar, sidecar
+from grpc_fixtures import Sidecar, serving, sidecar
 
 from conduit_sidecar._proto import conduit_pb2 as pb
 from conduit_sidecar._proto import conduit_pb2_grpc as pb_grpc
@@ -214,12 +213,8 @@ class _StoppingSidecar(pb_grpc.ConduitServiceServicer):  # type: ignore[misc]
 
 def test_a_call_the_server_cancelled_is_retried_when_a_retry_is_safe() -> None:
     servicer = _StoppingSidecar()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_ConduitServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with ConduitClient(f"127.0.0.1:{port}", timeout_s=5.0, backoff_s=0.01) as client:
+    with serving(servicer) as target:
+        with ConduitClient(target, timeout_s=5.0, backoff_s=0.01) as client:
             # Feedback is idempotent: it used to fail at once with "CANCELLED".
             result = client.record(FeedbackEvent("q-1", "thumbs", {"value": "up"}))
             assert result.reward == 1.0 and servicer.calls["RecordFeedback"] == 2
@@ -227,8 +222,6 @@ def test_a_call_the_server_cancelled_is_retried_when_a_retry_is_safe() -> None:
             with pytest.raises(Unavailable, match="CANCELLED"):
                 client.update("m", cost=0.0, quality_score=1.0, latency=0.1, features=[0.0] * 64)
             assert servicer.calls["Update"] == 1
-    finally:
-        server.stop(None)
 
 
 def test_an_async_client_made_outside_an_event_loop_works_in_one(sidecar: Sidecar) -> None:

@@ -5,12 +5,11 @@ one route call carries the id of its first attempt (the sidecar answers the logg
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import pytest
-from grpc_fixtures import Sidecar, sidecar
+from grpc_fixtures import Sidecar, serving, sidecar
 
 from conduit_sidecar._proto import conduit_pb2 as pb
 from conduit_sidecar._proto import conduit_pb2_grpc as pb_grpc
@@ -89,34 +88,22 @@ class _FlakyRoute(pb_grpc.ConduitServiceServicer):  # type: ignore[misc]
 
 def test_a_retried_route_keeps_its_id_and_the_next_route_gets_another() -> None:
     servicer = _FlakyRoute()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_ConduitServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with ConduitClient(f"127.0.0.1:{port}", timeout_s=5.0, backoff_s=0.01) as client:
+    with serving(servicer) as target:
+        with ConduitClient(target, timeout_s=5.0, backoff_s=0.01) as client:
             query = Query(text="retried")
             first = client.route(query)
             second = client.route(query)
         a, a_retry, b, b_retry = servicer.query_ids
         assert a == a_retry == first.query_id == query.query_id  # one id per route call
         assert b == b_retry == second.query_id != a
-    finally:
-        server.stop(None)
 
 
 async def test_a_retried_route_keeps_its_id_async() -> None:
     servicer = _FlakyRoute()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_ConduitServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        async with AsyncConduitClient(f"127.0.0.1:{port}", timeout_s=5.0, backoff_s=0.01) as client:
+    with serving(servicer) as target:
+        async with AsyncConduitClient(target, timeout_s=5.0, backoff_s=0.01) as client:
             query = Query(text="retried", query_id="caller-chosen-id-2")
             first = await client.route(query)
             second = await client.route(query)
         assert servicer.query_ids == ["caller-chosen-id-2"] * 4
         assert first.query_id == second.query_id == "caller-chosen-id-2"
-    finally:
-        server.stop(None)
