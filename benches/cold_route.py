@@ -34,6 +34,7 @@ async def child(routes: int, evict_bytes: int) -> list[float]:
     from conduit_sidecar.metrics import SidecarMetrics
     from conduit_sidecar.query import Query
     from conduit_sidecar.server import tune_gc
+    from conduit_sidecar.servicer import route_response
     from conduit_sidecar.status import lenient_deserializer
 
     app = await SidecarApp.create(SidecarConfig(store_url="memory://"))
@@ -63,19 +64,7 @@ async def child(routes: int, evict_bytes: int) -> list[float]:
         t4 = clock()
         metrics.selected(decision.selected_model)
         t5 = clock()
-        response = pb.RouteResponse(
-            query_id=decision.query_id,
-            selected_model=decision.selected_model,
-            confidence=decision.confidence,
-            propensity=decision.propensity,
-            reasoning=decision.reasoning,
-            policy_version=decision.policy_version,
-        )
-        scores = response.scores
-        for model, score in decision.scores.items():
-            scores[model] = score
-        weights, fixed = response.reward_weights, decision.reward_weights
-        weights.quality, weights.cost, weights.latency = fixed.quality, fixed.cost, fixed.latency
+        response = route_response(decision, False)
         t6 = clock()
         response.SerializeToString()
         t7 = clock()

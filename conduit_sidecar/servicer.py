@@ -94,6 +94,29 @@ def _constraints(request: _pb.RouteRequest) -> Constraints | None:
     )
 
 
+def route_response(decision: RoutingDecision, include_features: bool) -> _pb.RouteResponse:
+    """The RouteResponse for a decision (the features only when asked for)."""
+    # Filled field by field: on the hot path this is about twice as fast as passing the map
+    # and the sub-message to the constructor.
+    response = _pb.RouteResponse(
+        query_id=decision.query_id,
+        selected_model=decision.selected_model,
+        confidence=decision.confidence,
+        propensity=decision.propensity,
+        reasoning=decision.reasoning,
+        policy_version=decision.policy_version,
+    )
+    # A plain loop: the map's update() is MutableMapping's, with more Python per entry.
+    scores = response.scores
+    for model, score in decision.scores.items():
+        scores[model] = score
+    weights, fixed = response.reward_weights, decision.reward_weights
+    weights.quality, weights.cost, weights.latency = fixed.quality, fixed.cost, fixed.latency
+    if include_features:
+        response.features.extend(decision.features)
+    return response
+
+
 def _result_message(result: Any) -> _pb.RecordFeedbackResponse:
     return _pb.RecordFeedbackResponse(
         query_id=result.query_id,
@@ -187,25 +210,7 @@ class ConduitServicer(_pb_grpc.ConduitServiceServicer):
                 _log.warning("Route answered without logging the decision: %s", exc)
         if self._on_selected is not None:
             self._on_selected(decision.selected_model)
-        # Filled field by field: on the hot path this is about twice as fast as passing the
-        # map and the sub-message to the constructor.
-        response = _pb.RouteResponse(
-            query_id=decision.query_id,
-            selected_model=decision.selected_model,
-            confidence=decision.confidence,
-            propensity=decision.propensity,
-            reasoning=decision.reasoning,
-            policy_version=decision.policy_version,
-        )
-        # A plain loop: the map's update() is MutableMapping's, with more Python per entry.
-        scores = response.scores
-        for model, score in decision.scores.items():
-            scores[model] = score
-        weights, fixed = response.reward_weights, decision.reward_weights
-        weights.quality, weights.cost, weights.latency = fixed.quality, fixed.cost, fixed.latency
-        if include_features:
-            response.features.extend(decision.features)
-        return response
+        return route_response(decision, include_features)
 
     @grpc_method
     async def Track(self, request: _pb.TrackRequest, context: Any) -> _pb.TrackResponse:
