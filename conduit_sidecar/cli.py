@@ -159,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
+        # A closed pipe shows here, where it is handled below, and not in the interpreter's
+        # flush at exit (stdout to a pipe is block-buffered: print() alone seldom fails).
+        sys.stdout.flush()
     except ConfigError as exc:
         print(f"conduit-sidecar: {one_line(str(exc))}", file=sys.stderr)
         return 2

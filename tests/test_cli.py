@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -39,11 +40,17 @@ def test_stats_prints_a_readable_table(sidecar: Sidecar) -> None:
     assert any(line.startswith("pending queries: ") for line in lines)
 
 
-def test_stats_into_a_closed_pipe_stops_quietly(sidecar: Sidecar) -> None:
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_stats_into_a_closed_pipe_stops_quietly(sidecar: Sidecar, unbuffered: bool) -> None:
     # `conduit-sidecar stats | head -0`: the reader is gone before the table is written.
+    # Buffered (the default for a pipe), the write fails only when stdout is flushed, at
+    # the latest by the interpreter at exit; unbuffered, print() itself fails.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "conduit_sidecar", "stats", "--target", sidecar.target],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
     proc.stdout.close()
