@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,3 +141,16 @@ async def store(store_factory: StoreFactory) -> FeedbackStore:
 
 
 OpenStore = Callable[..., Awaitable[FeedbackStore]]
+
+
+@pytest.fixture(scope="module")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server of the test module's own, for tests that stall Redis on purpose:
+    stalling the shared test server would stall every other test using it."""
+    from sync_cluster import PrivateRedis
+
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
 
 import asyncpg
 import pytest
 from net_relay import CommitReplyDropper
 from redis.asyncio import Redis
-from sync_cluster import BUSY_SCRIPT, PrivateRedis
+from sync_cluster import BUSY_SCRIPT
 
 from conduit_sidecar import Query
 from conduit_sidecar.app import SidecarApp
@@ -27,16 +26,6 @@ from conduit_sidecar.config import SidecarConfig
 from conduit_sidecar.errors import Unavailable
 from conduit_sidecar.feedback import FeedbackEvent
 from tests.conftest import POSTGRES_URL
-
-
-@pytest.fixture(scope="module")
-def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    # Stalling the shared test server would stall every other test using it.
-    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def _config(redis_url: str, namespace: str) -> SidecarConfig:

@@ -3,14 +3,13 @@ reflection protected) and off."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from grpc_fixtures import Sidecar, SidecarExited, sidecar
+from grpc_fixtures import Sidecar, SidecarExited, self_signed, sidecar
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -130,13 +129,7 @@ def test_blank_token_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_tls_with_token(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     server = Sidecar(
         ["--store-url", "memory://", "--tls-cert", str(cert), "--tls-key", str(key)],
         tmp_path / "sidecar.log",

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from grpc_fixtures import ROOT, Sidecar, sidecar
+from grpc_fixtures import ROOT, Sidecar, self_signed, sidecar
 
 from conduit_sidecar._proto import conduit_pb2 as pb
 from conduit_sidecar.cli import main
@@ -174,21 +174,10 @@ def test_files_that_are_not_text_are_one_line_errors(tmp_path: Path) -> None:
         assert result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_stats_against_a_tls_sidecar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # `stats` had no TLS option at all: against a TLS-only sidecar it could only fail, with
     # a bare "Socket closed".
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server = Sidecar(
         ["--store-url", "memory://", "--tls-cert", str(cert), "--tls-key", str(key)],
         tmp_path / "sidecar.log",
@@ -210,7 +199,7 @@ def test_stats_against_a_tls_sidecar(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_json_logs_stay_json_when_clients_fail_the_tls_handshake(tmp_path: Path) -> None:
     # grpcio logged a plain-text INFO line per failed handshake into the JSON log: one per
     # reconnection attempt of a client that does not speak TLS (about one a second).
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server = Sidecar(
         ["--store-url", "memory://", "--json-logs", "--tls-cert", str(cert), "--tls-key", str(key)],
         tmp_path / "sidecar.log",

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 from net_relay import CommitReplyDropper, postgres_store_behind
 from redis.asyncio import Redis
-from sync_cluster import BUSY_SCRIPT, PrivateRedis
+from sync_cluster import BUSY_SCRIPT
 
 from conduit_sidecar import Query, Router, RoutingDecision
 from conduit_sidecar.errors import Unavailable
@@ -50,17 +50,6 @@ def _learned(router: Router) -> tuple[float, float, int]:
         sum(s.reward_sum for s in stats.values()),
         sum(s.updates for s in stats.values()),
     )
-
-
-@pytest.fixture(scope="module")
-def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    # A real redis-server of this module's own: stalling the shared test server would
-    # stall every other test using it for a second.
-    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture
